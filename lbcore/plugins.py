@@ -76,7 +76,7 @@ class PluginRegistry:
         self._eps = list(eps) if eps is not None else None
         self.pm = pluggy.PluginManager(GROUP)
         self.pm.add_hookspecs(hookspecs)
-        self.plugins: dict[str, PluginInfo] = {}
+        self._plugins: dict[str, PluginInfo] = {}
         self._modalities: dict[str, RegisteredModality] = {}
         self._conflicts: dict[str, list[str]] = {}
         self._loaded = False
@@ -100,13 +100,13 @@ class PluginRegistry:
             if selected is not None and ep.name not in selected:
                 info.status = "disabled"
                 info.error = f"not in {ENV_VAR}"
-                self.plugins[ep.name] = info
+                self._plugins[ep.name] = info
                 continue
             try:
                 obj = ep.load()
             except Exception as err:  # a plugin must never take the others down
                 self._mark_broken(info, f"import failed: {_short_error(err)}")
-                self.plugins[ep.name] = info
+                self._plugins[ep.name] = info
                 continue
             self.add_plugin(obj, info)
         return self
@@ -117,7 +117,7 @@ class PluginRegistry:
         if isinstance(info, str):
             info = PluginInfo(name=info, module=getattr(obj, "__name__", type(obj).__name__))
         self._loaded = True
-        self.plugins[info.name] = info
+        self._plugins[info.name] = info
         try:
             self.pm.register(obj, name=info.name)
             self._check_hook_names(obj, info)
@@ -198,6 +198,12 @@ class PluginRegistry:
         added.append(name)
 
     # -- queries ---------------------------------------------------------------------------------------
+    @property
+    def plugins(self) -> dict[str, PluginInfo]:
+        """Every plugin seen (ok, broken or disabled), by entry-point name."""
+        self.load()
+        return self._plugins
+
     def modality_names(self) -> list[str]:
         self.load()
         return sorted(self._modalities)
@@ -212,7 +218,7 @@ class PluginRegistry:
         try:
             return self._modalities[name]
         except KeyError:
-            broken = [p.name for p in self.plugins.values() if p.status == "broken"]
+            broken = [p.name for p in self._plugins.values() if p.status == "broken"]
             hint = f"; broken plugins: {', '.join(broken)} (see `lbind plugins`)" if broken else ""
             known = ", ".join(sorted(self._modalities)) or "none"
             raise ModalityNotFoundError(f"no plugin provides modality {name!r} (installed: {known}){hint}") from None
@@ -224,7 +230,7 @@ class PluginRegistry:
             try:
                 impl.function(**self._kwargs(impl, cli=cli))
             except Exception as err:
-                info = self.plugins.get(impl.plugin_name)
+                info = self._plugins.get(impl.plugin_name)
                 if info is not None:
                     self._mark_broken(info, f"register_commands failed: {_short_error(err)}")
 
