@@ -24,6 +24,8 @@ class CLIPAttention(nn.Module):
         proj_bias: bool = True,
         attn_drop: float = 0.0,
         proj_drop: float = 0.0,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
         **_: Any,  # timm passes qk_norm/scale_norm/norm_layer, which CLIP does not use
     ) -> None:
         super().__init__()
@@ -31,10 +33,12 @@ class CLIPAttention(nn.Module):
             raise ValueError(f"width {dim} is not divisible by {num_heads} heads")
         self.num_heads = num_heads
         self.head_dim = dim // num_heads
-        self.q_proj = nn.Linear(dim, dim, bias=qkv_bias)
-        self.k_proj = nn.Linear(dim, dim, bias=qkv_bias)
-        self.v_proj = nn.Linear(dim, dim, bias=qkv_bias)
-        self.out_proj = nn.Linear(dim, dim, bias=proj_bias)
+        # timm's Block passes device/dtype (e.g. "meta" for deferred init); honour them like its own layers do.
+        dd: dict[str, Any] = {"device": device, "dtype": dtype}
+        self.q_proj = nn.Linear(dim, dim, bias=qkv_bias, **dd)
+        self.k_proj = nn.Linear(dim, dim, bias=qkv_bias, **dd)
+        self.v_proj = nn.Linear(dim, dim, bias=qkv_bias, **dd)
+        self.out_proj = nn.Linear(dim, dim, bias=proj_bias, **dd)
         self.attn_drop = attn_drop
         self.proj_drop = nn.Dropout(proj_drop)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -68,11 +69,27 @@ def resize_position_embedding(
     The class token's embedding is kept as is. ``old_grid`` defaults to a square grid. Antialiasing is off
     by default, matching how CLIP-family checkpoints (and LanguageBind's audio tower) were resized.
     """
+    if pos.dim() not in (2, 3) or (pos.dim() == 3 and pos.shape[0] != 1):
+        raise ValueError(f"position embedding must be [P + N, D] or [1, P + N, D], got {tuple(pos.shape)}")
     squeeze = pos.dim() == 2
     pos3 = pos.unsqueeze(0) if squeeze else pos  # [1, 1 + N, D]
-    new = list(new_grid)
-    old = list(old_grid) if old_grid is not None else None
-    if old is not None and old == new:
+    num_grid = pos3.shape[1] - num_prefix_tokens
+    new = [int(g) for g in new_grid]
+    if len(new) != 2 or min(new) < 1:
+        raise ValueError(f"new grid must be two positive sizes (rows, columns), got {tuple(new_grid)}")
+    if old_grid is None:
+        side = math.isqrt(max(num_grid, 0))
+        if side * side != num_grid:
+            raise ValueError(f"{num_grid} grid positions do not form a square grid; pass old_grid")
+        old = [side, side]
+    else:
+        old = [int(g) for g in old_grid]
+        if len(old) != 2 or old[0] * old[1] != num_grid:
+            raise ValueError(
+                f"old grid {tuple(old_grid)} does not hold the {num_grid} positions of the embedding "
+                f"({num_prefix_tokens} prefix token(s) excluded)"
+            )
+    if old == new:
         return pos
     out = resample_abs_pos_embed(
         pos3,

@@ -88,5 +88,6 @@ class ViTTrunk(nn.Module):
         new_grid = tuple(int(g) for g in new_grid)
         with torch.no_grad():
             resized = resize_position_embedding(self.position_embedding.data, new_grid, self.grid_size)
-        self.position_embedding = nn.Parameter(resized)
+        # Keep a frozen position embedding frozen (LanguageBind never trains it).
+        self.position_embedding = nn.Parameter(resized, requires_grad=self.position_embedding.requires_grad)
         self.grid_size = new_grid
