@@ -11,17 +11,22 @@ from lbcore.hookspecs import hookimpl
 
 __version__ = "0.1.0"
 
-__all__ = ["Modality", "__version__", "get_modality", "hookimpl", "list_modalities"]
+__all__ = ["BindModel", "Modality", "__version__", "get_modality", "hookimpl", "list_modalities", "load", "train"]
 
 _LAZY = {
     "list_modalities": ("lbcore.plugins", "list_modalities"),
     "get_modality": ("lbcore.plugins", "get_modality"),
     "Modality": ("lbcore.modality", "Modality"),
+    "BindModel": ("lbcore.model", "BindModel"),
+    "load": ("lbcore.model", "load"),
+    "train": ("lbcore.train", "train"),
 }
 
 if TYPE_CHECKING:
     from lbcore.modality import Modality
+    from lbcore.model import BindModel, load
     from lbcore.plugins import get_modality, list_modalities
+    from lbcore.train import train
 
 
 def __getattr__(name: str) -> Any:

@@ -147,6 +147,127 @@ def validate(file: str) -> None:
     console.print(f"[green]{file}: valid[/] (anchor {run.anchor.name}; modalities: {', '.join(mods) or 'none'})")
 
 
+@cli.command()
+@click.option("--modality", "-m", "modality_names", multiple=True, help="Modality to train (repeat for several).")
+@click.option("--config", "config_file", type=click.Path(dir_okay=False), help="Run config YAML.")
+@click.option("--data", "data", multiple=True, help="Training manifest (JSONL/CSV); MODALITY=PATH with several.")
+@click.option("--output", "-o", type=click.Path(file_okay=False), help="Run folder (default runs/<modalities>).")
+@click.option("--max-steps", type=int, help="Stop after N optimiser steps.")
+@click.option("--preset", "-p", help="Preset of the modalities named here (default: demo without --data).")
+@click.option("--batch-size", type=int, help="Global batch size (all processes and accumulation steps).")
+@click.option("--lr", type=float, help="Peak learning rate.")
+@click.option("--epochs", type=int, help="Passes over the data.")
+@click.option("--grad-accum", type=int, help="Micro-batches per optimiser step.")
+@click.option("--seed", type=int, help="Run seed.")
+@click.option("--save-every", type=int, help="Checkpoint every N steps (0: only at the end).")
+@click.option("--resume", is_flag=True, help="Continue from the newest checkpoint in the run folder.")
+@click.option("--init", "init", help="Encoder initialisation: scratch or clip:PATH.")
+@click.option("--num-workers", type=int, help="DataLoader workers per process.")
+@click.option("--mixed-precision", type=click.Choice(["auto", "no", "bf16", "fp16"]), help="Autocast precision.")
+@click.option("--tensorboard", is_flag=True, default=None, help="Log TensorBoard scalars in the run folder.")
+def train(
+    modality_names: tuple[str, ...],
+    config_file: str | None,
+    data: tuple[str, ...],
+    output: str | None,
+    preset: str | None,
+    **flags: Any,
+) -> None:
+    """Train modality encoders against the frozen anchor (no --data: the demo preset on the demo dataset)."""
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    from lbcore.config import read_yaml
+    from lbcore.errors import ConfigError
+    from lbcore.train import TrainEvent, resolve_config
+    from lbcore.train import train as run_training
+
+    raw = read_yaml(config_file) if config_file else {}
+    specs = raw.setdefault("modalities", {}) or {}
+    raw["modalities"] = specs
+    section = raw.setdefault("train", {}) or {}
+    raw["train"] = section
+    for name in modality_names:
+        specs.setdefault(name, {})
+    names = list(specs)
+    manifests = dict(section.get("data") or {})
+    for item in data:
+        name, sep, path = item.partition("=")
+        if sep and name in names:
+            manifests[name] = path
+        elif len(names) == 1:
+            manifests[names[0]] = item
+        else:
+            raise ConfigError(f"--data {item!r}: with several modalities write MODALITY=PATH ({', '.join(names)})")
+    if manifests:
+        section["data"] = manifests
+    for name in modality_names:
+        if preset:
+            specs[name]["preset"] = preset
+    optim = {k: v for k, v in (("batch_size", flags.pop("batch_size")), ("lr", flags.pop("lr"))) if v is not None}
+    if optim:
+        for name in names:
+            specs[name] = {**specs[name], "optim": {**(specs[name].get("optim") or {}), **optim}}
+    if output:
+        section["output_dir"] = output
+    section.update({k: v for k, v in flags.items() if v is not None and v is not False})
+    plan = resolve_config(raw, source=config_file or "")
+
+    bar = Progress(
+        TextColumn("[bold]train[/]"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("loss {task.fields[loss]}"),
+        TextColumn("{task.fields[speed]} samples/s"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=err_console,
+    )
+    task: list[Any] = []
+
+    def on_event(event: TrainEvent) -> None:
+        m = event.metrics
+        if event.kind == "start":
+            for name, counts in m["params"].items():
+                err_console.print(
+                    f"{name}: {counts['trainable']:,} trainable of {counts['total']:,} parameters"
+                    + (f" ({counts['lora']:,} LoRA)" if counts["lora"] else "")
+                )
+            err_console.print(
+                f"{event.total_steps} steps of {m['samples_per_step']} samples on {m['processes']} process(es), "
+                f"{m['device']}, mixed precision {m['mixed_precision']}; output {m['output']}"
+            )
+            bar.start()
+            task.append(bar.add_task("train", total=event.total_steps, completed=event.step, loss="-", speed="-"))
+        elif event.kind == "step" and task:
+            bar.update(task[0], completed=event.step, loss=f"{m['loss']:.4f}", speed=f"{m['samples_per_s']:.1f}")
+        elif event.kind == "checkpoint":
+            bar.console.print(f"[dim]{event.message}[/]")
+        elif event.kind == "end":
+            bar.stop()
+            table = Table(title="training summary", show_header=False)
+            table.add_row("checkpoint", str(m["output"]))
+            table.add_row("steps", f"{m['steps']} ({m['steps_this_run']} this run, {m['epochs']:g} epochs)")
+            table.add_row("time", f"{m['wall_s']:.1f} s, {m['samples_per_s']:.1f} samples/s")
+            for name, loss in m["final_loss"].items():
+                shown = f"loss {loss:.4f}, " if loss is not None else ""
+                table.add_row(name, f"{shown}temperature 1/{m['logit_scale'][name]:.1f}")
+            skipped = sum(len(v) for v in m["skipped_files"].values())
+            table.add_row("skipped files", str(skipped))
+            console.print(table)
+
+    try:
+        run_training(plan, progress=on_event)
+    finally:
+        bar.stop()
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point: plugins add their commands, typed errors become one red line."""
     try:
