@@ -268,8 +268,17 @@ def train(
         bar.stop()
 
 
+def _add_core_commands() -> None:
+    """Commands whose implementation lives in its own lbcore module (imported lazily by click callbacks)."""
+    from lbcore.scaffold import new_modality
+
+    if "new-modality" not in cli.commands:
+        cli.add_command(new_modality)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point: plugins add their commands, typed errors become one red line."""
+    _add_core_commands()
     try:
         _registry().add_commands(cli)
     except LbindError as err:  # a broken plugin is reported by `lbind plugins`; never fatal here
