@@ -1,92 +1,127 @@
-"""The audio modality: 16 kHz Kaldi fbank, three chunks as channels, ViT over the (mel x time) image."""
+"""The audio modality: 16 kHz Kaldi fbank, three chunks as channels, ViT over the (mel x time) image.
+
+``preprocess`` takes a path (WAV/FLAC/OGG/MP3 via soundfile), ``(waveform, sample_rate)``, a Hugging Face
+style ``{"array": ..., "sampling_rate": ...}`` mapping, or a bare array/tensor taken to be at
+``config.sample_rate``; see :mod:`lbind_audio.waveform` for the details and :mod:`lbind_audio.spectrogram`
+for the features.
+"""
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+import os
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
-import torchaudio.compliance.kaldi as kaldi
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from lbcore.config import ModalityConfig
-from lbcore.errors import InputError
 from lbcore.modality import Modality
 from lbcore.nn import PatchStem2d
+from lbind_audio import readers
+from lbind_audio.demo import write_demo_dataset
+from lbind_audio.spectrogram import log_mel_chunks
+from lbind_audio.waveform import load_waveform
 
 LANGUAGEBIND = {
     "encoder": {"width": 1024, "depth": 24, "heads": 16, "patch_size": 14},
     "mask_ratio": 0.1,
-    "lora": {"rank": 16},
+    "lora": {"rank": 16, "alpha": 16.0, "targets": ["q_proj", "k_proj", "v_proj", "out_proj"]},
     "optim": {"lr": 1e-3, "warmup_steps": 2000, "epochs": 16, "batch_size": 1024},
 }
+# LanguageBind_Audio_FT: the fully fine-tuned checkpoint reads 112 mel bins (593 positions) and has no LoRA.
+LANGUAGEBIND_FT = {**LANGUAGEBIND, "mel_bins": 112, "lora": {"rank": 0}}
+# Small enough to train from scratch on 2 CPU cores in about a minute on the demo dataset (1-3 s clips):
+# 32 x 192 log-mel image (1.92 s), 8 x 8 patches -> 4 x 24 = 96 tokens.
 DEMO = {
     "mel_bins": 32,
-    "target_length": 256,
+    "target_length": 192,
     "encoder": {"width": 64, "depth": 2, "heads": 4, "patch_size": 8},
     "mask_ratio": 0.1,
-    "optim": {"lr": 1e-3, "warmup_steps": 20, "epochs": 10, "batch_size": 32},
+    "lora": {"rank": 0},
+    "optim": {"lr": 1e-3, "warmup_steps": 20, "epochs": 20, "batch_size": 32},
 }
 
 
 class AudioConfig(ModalityConfig):
     """Audio input: Kaldi-compatible log-mel filterbank, three chunks stacked as channels."""
 
-    sample_rate: int = Field(16000, gt=0, description="Audio is resampled to this rate (Hz).")
-    mel_bins: int = Field(126, gt=0, description="Mel filterbank bins (126; 112 for Audio_FT).")
-    target_length: int = Field(1036, gt=0, description="Frames per chunk (10 ms shift: 1036 ~ 10.4 s).")
+    sample_rate: int = Field(
+        16000, gt=0, description="Audio is resampled to this rate (Hz); bare in-memory arrays are taken to be at it."
+    )
+    channels: Literal["mix", "first"] = Field(
+        "mix",
+        description=(
+            "How multi-channel audio becomes mono: 'mix' averages the channels, 'first' keeps channel 0 "
+            "(LanguageBind's loader). Identical for mono files."
+        ),
+    )
+    mel_bins: int = Field(126, gt=0, description="Mel filterbank bins (126; 112 for LanguageBind_Audio_FT).")
+    target_length: int = Field(
+        1036, gt=0, description="Frames per chunk at a 10 ms shift (1036 frames ~ 10.4 s); shorter clips are tiled."
+    )
     mean: float = Field(-4.2677393, description="Normalisation: (x - mean) / (2 * std).")
     std: float = Field(4.5689974, gt=0, description="Normalisation: (x - mean) / (2 * std).")
+
+    @model_validator(mode="after")
+    def _fits_one_patch(self) -> AudioConfig:
+        patch = self.encoder.patch_size
+        if self.mel_bins < patch or self.target_length < patch:
+            raise ValueError(
+                f"a {self.mel_bins} x {self.target_length} log-mel image is smaller than one {patch} x {patch} patch"
+            )
+        return self
 
 
 class AudioModality(Modality):
     name = "audio"
     Config = AudioConfig
-    presets: ClassVar = {"languagebind": LANGUAGEBIND, "demo": DEMO}
+    presets: ClassVar = {"languagebind": LANGUAGEBIND, "languagebind_ft": LANGUAGEBIND_FT, "demo": DEMO}
     templates = ("a sound of {}.",)
-    description = "Audio clips as log-mel spectrograms"
+    description = "Audio clips as log-mel spectrograms (Kaldi fbank, three chunks as channels)"
+    demo_version = "1"
+
+    config: AudioConfig
 
     def preprocess(self, item: Any, train: bool = False) -> torch.Tensor:
+        """Audio -> ``[3, mel_bins, target_length]`` float32; deterministic unless ``train``."""
         cfg = self.config
-        wave = torch.as_tensor(np.asarray(item), dtype=torch.float32)
-        if wave.dim() == 2:  # [channels, samples] -> mono
-            wave = wave.mean(0)
-        if wave.dim() != 1 or wave.numel() < 400:
-            raise InputError(None, f"waveform of shape {tuple(wave.shape)}", "a 1-D signal of >= 400 samples")
-        wave = wave - wave.mean()
-        fbank = kaldi.fbank(
-            wave[None],
-            htk_compat=True,
-            sample_frequency=cfg.sample_rate,
-            use_energy=False,
-            window_type="hanning",
-            num_mel_bins=cfg.mel_bins,
-            dither=0.0,
-            frame_shift=10,
-            frame_length=25,
-        )  # [frames, mel]
-        n, target = fbank.shape[0], cfg.target_length
-        if n <= target:
-            reps = -(-target // n)
-            chunk = fbank.repeat(reps, 1)[:target]
-            chunks = [chunk, chunk, chunk]
-        else:
-            ranges = np.array_split(np.arange(n - target + 1), 3)
-            if train:
-                starts = [int(np.random.choice(r)) for r in ranges]
-            else:
-                starts = [int(ranges[0][0]), int(ranges[1][len(ranges[1]) // 2]), int(ranges[2][-1])]
-            chunks = [fbank[s : s + target] for s in starts]
-        x = torch.stack(chunks).transpose(1, 2)  # [3, frames, mel] -> [3, mel, frames]
-        return (x - cfg.mean) / (2 * cfg.std)
-
-    def example_input(self, seed: int = 0) -> np.ndarray:
-        rng = np.random.default_rng(seed)
-        t = np.arange(16000 * 2) / 16000
-        return (0.3 * np.sin(2 * np.pi * rng.uniform(200, 2000) * t) + 0.01 * rng.standard_normal(t.size)).astype(
-            np.float32
+        wave = load_waveform(item, cfg.sample_rate, cfg.channels)  # [samples] at cfg.sample_rate
+        return log_mel_chunks(
+            wave,
+            cfg.sample_rate,
+            cfg.mel_bins,
+            cfg.target_length,
+            cfg.mean,
+            cfg.std,
+            train=train,
+            source=str(item) if isinstance(item, (str, os.PathLike)) else None,
         )
 
-    def build_stem(self):
+    def example_input(self, seed: int = 0) -> np.ndarray:
+        """Two seconds of a random tone plus a little noise, at ``config.sample_rate``."""
+        rng = np.random.default_rng(seed)
+        rate = self.config.sample_rate
+        t = np.arange(rate * 2) / rate
+        tone = 0.3 * np.sin(2 * np.pi * rng.uniform(200, 2000) * t)
+        return (tone + 0.01 * rng.standard_normal(t.size)).astype(np.float32)
+
+    def build_stem(self) -> PatchStem2d:
+        """Patches of the (mel x time) image: grid (mel_bins // patch, target_length // patch)."""
         cfg = self.config
         return PatchStem2d(3, cfg.encoder.width, cfg.encoder.patch_size, (cfg.mel_bins, cfg.target_length))
+
+    def dataset_readers(self) -> Mapping[str, Callable[..., Any]]:
+        return {
+            "esc50": readers.read_esc50,
+            "vggsound": readers.read_vggsound,
+            "audioset": readers.read_audioset,
+            "clotho": readers.read_clotho,
+            "audiocaps": readers.read_audiocaps,
+        }
+
+    def make_demo_data(self, root: Path, seed: int = 0) -> None:
+        """Procedural sound concepts as 16 kHz mono 16-bit WAVs plus train/test manifests (see lbind_audio.demo)."""
+        write_demo_dataset(Path(root), seed=seed)
