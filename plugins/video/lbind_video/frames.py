@@ -1,0 +1,158 @@
+"""Frame sampling and decoding: a video file or an in-memory clip -> the sampled frames as float [T, 3, H, W].
+
+Sampling follows LanguageBind: ``num_frames`` indices spread over the whole clip, ``linspace(0, n - 1,
+num_frames)`` rounded down (upstream's ``np.linspace(..., dtype=int)``; computed here in integers so no
+float error can move an index). Clips shorter than ``num_frames`` repeat frames.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from lbcore.errors import InputError
+
+log = logging.getLogger(__name__)
+
+VIDEO_FILES = "a video file decord can read (mp4, mkv, webm, avi, ...) with at least one frame"
+CLIP_ARRAYS = "frames shaped T x H x W x C (C = 1, 3 or 4) or T x H x W, uint8 or float in [0, 1]"
+
+
+def frame_indices(num_available: int, num_frames: int) -> list[int]:
+    """``floor(i * (n - 1) / (num_frames - 1))`` for i in 0..num_frames-1: first and last frame included,
+    evenly spread, repeated when the clip is shorter than ``num_frames``; ``[0]`` when ``num_frames == 1``."""
+    if num_available < 1:
+        raise ValueError(f"a clip needs at least one frame, got {num_available}")
+    if num_frames < 1:
+        raise ValueError(f"num_frames must be positive, got {num_frames}")
+    if num_frames == 1:
+        return [0]
+    last = num_available - 1
+    return [i * last // (num_frames - 1) for i in range(num_frames)]
+
+
+def is_path(item: Any) -> bool:
+    return isinstance(item, (str, os.PathLike))
+
+
+def read_video_frames(path: str | os.PathLike[str], num_frames: int, threads: int = 1) -> np.ndarray:
+    """Decode the frames at :func:`frame_indices` from a video file: uint8 [num_frames, H, W, 3].
+
+    Raises :class:`InputError` naming the file when it is missing, empty, not a video, truncated or has no
+    frames.
+    """
+    import decord  # imported here: plugin discovery must not load the decoder
+
+    path = Path(path)
+    if path.is_dir():
+        raise InputError(path, "is a directory", VIDEO_FILES)
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError as err:
+        raise InputError(path, "file not found", VIDEO_FILES) from err
+    except OSError as err:
+        raise InputError(path, f"cannot read file: {err.strerror or err}", VIDEO_FILES) from err
+    if size == 0:
+        raise InputError(path, "empty file (0 bytes)", VIDEO_FILES)
+    try:
+        reader = decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=threads)
+        available = len(reader)
+    except (RuntimeError, decord.DECORDError) as err:
+        # decord says "Error reading <file>" for a missing moov atom (truncated mp4), an unknown container and
+        # a file without a video stream alike; its C++ log line on stderr carries ffmpeg's detail.
+        raise InputError(
+            path,
+            f"not a readable video: truncated, corrupt, without a video stream or without frames ({_first_line(err)})",
+            VIDEO_FILES,
+        ) from err
+    if available < 1:
+        raise InputError(path, "the video stream has zero frames", VIDEO_FILES)
+    wanted = frame_indices(available, num_frames)
+    decoded: dict[int, np.ndarray] = {}
+    for index in sorted(set(wanted)):
+        try:
+            frame = reader[index]
+        except (RuntimeError, decord.DECORDError) as err:
+            raise InputError(
+                path,
+                f"frame {index} of {available} cannot be decoded (truncated or corrupt: {_first_line(err)})",
+                VIDEO_FILES,
+            ) from err
+        decoded[index] = _as_rgb24(frame, path, index)
+    shapes = {f.shape for f in decoded.values()}
+    if len(shapes) > 1:
+        raise InputError(path, f"frames change size mid-stream ({sorted(shapes)})", "frames of one size")
+    return np.stack([decoded[i] for i in wanted])  # [num_frames, H, W, 3]
+
+
+def _first_line(err: Exception) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0][:200] if text else type(err).__name__
+
+
+def _as_rgb24(frame: Any, path: Path, index: int) -> np.ndarray:
+    """A decord frame -> uint8 [H, W, 3], repairing decord 0.6's padded rows.
+
+    For some widths (16, 24, 48, 72 among the even ones up to 128) decord 0.6 hands back the decoder's row
+    buffer with its alignment padding, shaped [H, W, c'] instead of [H, W, 3]; its ``get_batch`` then fails
+    outright. The first ``3 * W`` bytes of each padded row are the frame.
+    """
+    arr = frame.asnumpy() if hasattr(frame, "asnumpy") else np.asarray(frame)  # torch bridge returns tensors
+    if arr.dtype != np.uint8 or arr.ndim != 3:
+        raise InputError(path, f"decoder returned frame {index} as {arr.dtype} {arr.shape}", "uint8 RGB frames")
+    h, w, c = arr.shape
+    if c == 3:
+        return arr
+    stride = arr.size // h
+    if arr.size % h or stride < 3 * w:
+        raise InputError(path, f"decoder returned frame {index} with an unusable layout {arr.shape}", "RGB frames")
+    log.debug("%s: frame %d came back with padded rows (%d bytes for %d pixels); repaired", path, index, stride, w)
+    return np.ascontiguousarray(arr.reshape(h, stride)[:, : 3 * w].reshape(h, w, 3))
+
+
+def sample_array_frames(clip: Any, num_frames: int) -> np.ndarray:
+    """An in-memory clip (see ``CLIP_ARRAYS``) -> its frames at :func:`frame_indices`, channels last."""
+    if isinstance(clip, torch.Tensor):
+        clip = clip.detach().cpu().numpy()
+    try:
+        arr = np.asarray(clip)
+    except ValueError as err:  # ragged lists of frames
+        raise InputError(None, f"frames of different shapes ({err})", CLIP_ARRAYS) from err
+    if arr.ndim == 3:
+        arr = arr[..., None]  # grey [T, H, W] -> [T, H, W, 1]
+    if arr.ndim != 4 or arr.shape[-1] not in (1, 3, 4):
+        raise InputError(None, f"clip array of shape {tuple(arr.shape)}", CLIP_ARRAYS)
+    t, h, w, _ = arr.shape
+    if t == 0:
+        raise InputError(None, "clip with zero frames", CLIP_ARRAYS)
+    if h == 0 or w == 0:
+        raise InputError(None, f"frames with no pixels (shape {tuple(arr.shape)})", CLIP_ARRAYS)
+    return arr[frame_indices(t, num_frames)]
+
+
+def frames_to_float(frames: np.ndarray, source: str | os.PathLike[str] | None = None) -> torch.Tensor:
+    """[T, H, W, C] uint8 (C = 1, 3 or 4) or float in [0, 1] -> float32 [T, 3, H, W] in [0, 1].
+
+    Grey is repeated to three channels and alpha dropped.
+    """
+    colour = frames[..., :3] if frames.shape[-1] >= 3 else frames[..., :1]  # [T, H, W, 3 or 1]
+    if colour.dtype == np.uint8:
+        x = torch.from_numpy(np.ascontiguousarray(colour)).float().div_(255.0)
+    elif np.issubdtype(colour.dtype, np.floating):
+        x = torch.from_numpy(np.ascontiguousarray(colour, dtype=np.float32))
+        if not torch.isfinite(x).all():
+            raise InputError(source, "float pixels include NaN or infinity", CLIP_ARRAYS)
+        lo, hi = float(x.min()), float(x.max())
+        if lo < 0.0 or hi > 1.0:
+            raise InputError(source, f"float pixels span {lo:g}..{hi:g}", CLIP_ARRAYS)
+    else:
+        raise InputError(source, f"unsupported pixel type {colour.dtype}", CLIP_ARRAYS)
+    x = x.permute(0, 3, 1, 2)  # [T, H, W, c] -> [T, c, H, W]
+    if x.shape[1] == 1:
+        x = x.expand(-1, 3, -1, -1)  # grey -> [T, 3, H, W]
+    return x.contiguous()

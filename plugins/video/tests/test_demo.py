@@ -1,0 +1,75 @@
+"""The procedural demo dataset: deterministic, decodable, and showing the motion its captions name."""
+
+from __future__ import annotations
+
+import itertools
+import json
+
+import numpy as np
+import torch
+from lbind_video import demo
+from lbind_video.frames import frame_indices, read_video_frames
+from lbind_video.modality import VideoModality
+
+from lbcore.data import read_manifest
+
+
+def small(root, seed: int = 0) -> None:
+    demo.make_demo_data(root, seed=seed, train_per_concept=2, test_per_concept=1)
+
+
+def test_same_seed_same_bytes_other_seed_other_clips(tmp_path) -> None:
+    small(tmp_path / "a")
+    small(tmp_path / "b")
+    small(tmp_path / "c", seed=1)
+    files = sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*") if p.is_file())
+    assert len(files) == 2 + 7 * 3
+    for rel in files:
+        assert (tmp_path / "a" / rel).read_bytes() == (tmp_path / "b" / rel).read_bytes(), rel
+    clip = "train/rising_ball/000.mp4"
+    assert (tmp_path / "a" / clip).read_bytes() != (tmp_path / "c" / clip).read_bytes()
+
+
+def test_manifests_list_decodable_clips_with_paraphrased_captions(tmp_path) -> None:
+    small(tmp_path)
+    m = VideoModality(VideoModality.config_preset("demo"))
+    concepts = set(demo.CAPTIONS)
+    assert len(concepts) >= 6
+    for split, per_concept in (("train", 2), ("test", 1)):
+        entries = read_manifest(tmp_path / f"{split}.jsonl")
+        assert len(entries) == per_concept * len(concepts)
+        assert {e.label for e in entries} == concepts
+        for e in entries:
+            assert len(e.captions) == 3 and set(e.captions) <= set(demo.CAPTIONS[e.label])
+            x = m.preprocess(e.path)
+            assert x.shape == (3, m.config.num_frames, m.config.image_size, m.config.image_size)
+            assert torch.isfinite(x).all()
+        rows = [json.loads(line) for line in (tmp_path / f"{split}.jsonl").read_text().splitlines()]
+        assert all(set(r) == {"path", "captions", "label"} for r in rows)
+    first = read_manifest(tmp_path / "train.jsonl")[0].path
+    assert len(read_video_frames(first, demo.FRAMES)) == demo.FRAMES
+    pools = [set(c) for c in demo.CAPTIONS.values()]
+    assert sum(len(p) for p in pools) == len(set().union(*pools)), "a caption is shared by two concepts"
+    assert demo.TRAIN_PER_CONCEPT >= 30 and demo.TEST_PER_CONCEPT >= 10
+
+
+def _centroid_y(frame: np.ndarray, background: np.ndarray) -> float:
+    weight = np.abs(frame.astype(float) - background).sum(-1)
+    weight = np.where(weight > 60, weight, 0.0)
+    ys = np.arange(frame.shape[0])[:, None]
+    return float((weight * ys).sum() / weight.sum())
+
+
+def test_the_motion_shows_in_the_sampled_frames() -> None:
+    rng = np.random.default_rng(0)
+    for style in (demo.TRAIN_STYLE, demo.TEST_STYLE):
+        clip = demo.render_clip("rising ball", rng, style)
+        assert clip.shape == (demo.FRAMES, demo.SIZE, demo.SIZE, 3) and clip.dtype == np.uint8
+        sampled = clip[frame_indices(demo.FRAMES, 4)]
+        background = np.median(clip.reshape(-1, demo.SIZE * demo.SIZE, 3), axis=1)[:, None, None, :]
+        heights = [_centroid_y(f, b) for f, b in zip(sampled, background[frame_indices(demo.FRAMES, 4)], strict=True)]
+        assert all(later < earlier - 3 for earlier, later in itertools.pairwise(heights)), heights
+        for num_frames in (4, 8):
+            light = demo.render_clip("flashing light", rng, style)[frame_indices(demo.FRAMES, num_frames)]
+            peaks = light.reshape(num_frames, -1).max(axis=1).astype(int)
+            assert peaks.max() - peaks.min() > 80, f"{num_frames} frames miss the light on or off: {peaks}"
