@@ -17,8 +17,8 @@ from lbcore.datasets import EvalDataset
 from lbcore.image import image_stem, resize_crop_normalize
 from lbcore.modality import Modality
 from lbcore.nn import SpaceTimeEncoder, temporal_lora_targets
+from lbcore.templates import imagenet_templates
 from lbind_video.frames import frames_to_float, is_path, read_video_frames, sample_array_frames
-from lbind_video.templates import VIDEO_TEMPLATES
 
 # Trained besides the LoRA adapters: class token, post-LayerNorm and projection (every modality), and the
 # temporal embeddings and temporal LayerNorms (LanguageBind's video recipe trains the temporal parts; the
@@ -102,7 +102,7 @@ class VideoModality(Modality):
     name = "video"
     Config = VideoConfig
     presets: ClassVar = {"languagebind": LANGUAGEBIND, "demo": DEMO}
-    templates = VIDEO_TEMPLATES
+    templates = imagenet_templates("video")  # the 80 CLIP templates, "photo" -> "video"
     description = "Video clips (decord): frames spread over the clip, space-time ViT"
     demo_version = "1"
 
