@@ -137,6 +137,10 @@ class RunConfig(StrictModel):
             "validated against the modality plugin's config model."
         ),
     )
+    train: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Training-loop settings (see lbcore.train.TrainConfig: output_dir, data, max_steps, ...).",
+    )
 
 
 def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
@@ -206,6 +210,10 @@ def validate_run_config(data: Any, source: str = "") -> tuple[RunConfig, dict[st
     from lbcore.plugins import default_registry
 
     run = validate_model(RunConfig, data, source=source)
+    if run.train:
+        from lbcore.train import TrainConfig  # late: lbcore.train imports this module
+
+        validate_model(TrainConfig, run.train, prefix=("train",), source=source)
     modality_configs: dict[str, ModalityConfig] = {}
     problems = []
     for name, spec in run.modalities.items():

@@ -126,3 +126,13 @@ def test_config_file_errors_name_the_file(tmp_path: Path) -> None:
     broken.write_text("a: [1, 2\n")
     with pytest.raises(ConfigError, match=r"broken\.yaml: not valid YAML"):
         load_run_config(broken)
+
+
+def test_run_config_train_section_is_validated(tmp_path: Path, signal_plugin: str) -> None:
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text("modalities:\n  signal: {preset: demo}\ntrain:\n  max_steps: 5\n  seed: 3\n")
+    run, _ = load_run_config(cfg)
+    assert run.train == {"max_steps": 5, "seed": 3}
+    cfg.write_text("modalities:\n  signal: {preset: demo}\ntrain:\n  max_step: 5\n")
+    with pytest.raises(ConfigError, match=r"train\.max_step: Extra inputs are not permitted"):
+        load_run_config(cfg)
