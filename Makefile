@@ -17,8 +17,7 @@ $(STAMP): pyproject.toml constraints.txt $(PLUGIN_PROJECTS)
 	touch $(STAMP)
 
 demo: install
-	$(BIN)/lbind plugins
-	$(BIN)/lbind modalities
+	$(BIN)/lbind demo
 
 test: install
 	$(BIN)/ruff check .

@@ -268,6 +268,411 @@ def train(
         bar.stop()
 
 
+# ------------------------------------------------------------------------------------------ evaluation and embedding
+def _reader_options(items: tuple[str, ...]) -> dict[str, Any]:
+    """``KEY=VALUE`` pairs; values read as YAML scalars (``fold=1`` is an int, ``missing=skip`` a string)."""
+    import yaml
+
+    from lbcore.errors import ConfigError
+
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.isidentifier():
+            raise ConfigError(f"--option {item!r}: expected KEY=VALUE with KEY a reader argument name")
+        out[key] = yaml.safe_load(value) if value else ""
+    return out
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.2f}"
+    return "-" if value is None else str(value)
+
+
+def _progress_bar(label: str) -> Any:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    return Progress(
+        TextColumn(f"[bold]{label}[/] {{task.description}}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=err_console,
+        transient=True,
+    )
+
+
+def _eval_progress(bar: Any) -> Any:
+    tasks: dict[str, Any] = {}
+
+    def report(what: str, done: int, total: int) -> None:
+        if what not in tasks:
+            tasks[what] = bar.add_task(what, total=total)
+        bar.update(tasks[what], completed=done, total=total)
+
+    return report
+
+
+def _print_card(card: dict[str, Any], card_path: Any, plot_path: Any) -> None:
+    from lbcore.evaluate import headline
+
+    data = card["dataset"]
+    about = Table(title="evaluation", show_header=False)
+    about.add_row("checkpoint", f"{card['checkpoint']['path']} (sha256 {card['checkpoint']['sha256'][:12]})")
+    evaluated = card["modality"] + (f" + {card['fuse']} (fused)" if card["fuse"] else "")
+    evaluated += f" <-> {card['emergent']} (emergent)" if card["emergent"] else ""
+    about.add_row("modality", evaluated)
+    about.add_row("dataset", f"{data['reader']}: {data['manifest'] or data['root']} (split {data['split'] or '-'})")
+    about.add_row(
+        "task",
+        f"{card['task']}, {data['num_items']} items" + (f", {len(data['classes'])} classes" if data["classes"] else ""),
+    )
+    about.add_row("time", f"{card['time_s']:.1f} s on {card['device']}")
+    about.add_row("result card", str(card_path))
+    if plot_path:
+        about.add_row("plot", str(plot_path))
+    console.print(about)
+    table = Table(title="metrics (% except ranks)")
+    columns = list(headline(card))
+    table.add_column("inputs")
+    for col in columns:
+        short = col.replace("text_to_item_", "text->item ").replace("item_to_text_", "item->text ")
+        table.add_column(short.replace("_to_", "->").replace("_", " "), justify="right")
+    for name, metrics in card["metrics_per_modality"].items():
+        table.add_row(name, *[_fmt(metrics.get(c)) for c in columns])
+    label = "+".join([card["modality"], card["fuse"]]) + " (fused)" if card["fuse"] else card["modality"]
+    table.add_row(f"[bold]{label}[/]", *[f"[bold]{_fmt(card['metrics'].get(c))}[/]" for c in columns])
+    console.print(table)
+    per_class = card["metrics"].get("per_class") or card["metrics"].get("per_class_ap") or {}
+    if 0 < len(per_class) <= 30:
+        detail = Table(title="per class (%)")
+        detail.add_column("class")
+        detail.add_column("top-1" if card["task"] == "classification" else "AP", justify="right")
+        for name, value in per_class.items():
+            detail.add_row(name, _fmt(value))
+        console.print(detail)
+
+
+@cli.command("eval")
+@click.option("--checkpoint", "-c", required=True, type=click.Path(file_okay=False), help="Checkpoint folder.")
+@click.option("--modality", "-m", help="Modality to evaluate (default: the checkpoint's only one).")
+@click.option("--dataset", help="Reader name of the modality's plugin (e.g. esc50); with --data-root.")
+@click.option("--data-root", type=click.Path(file_okay=False), help="Root folder of the --dataset layout.")
+@click.option(
+    "--data", "manifest", type=click.Path(dir_okay=False), help="Evaluation manifest (JSONL/CSV), plain or paired."
+)
+@click.option("--split", help="Split passed to the dataset reader.")
+@click.option("--option", "options", multiple=True, metavar="KEY=VALUE", help="Extra dataset-reader argument.")
+@click.option(
+    "--task",
+    type=click.Choice(["auto", "classification", "retrieval"]),
+    default="auto",
+    show_default=True,
+    help="auto: classification when every row has a label, else retrieval over the captions.",
+)
+@click.option("--fuse", metavar="MODALITY", help="Also score MODALITY and average the logits (paired manifest).")
+@click.option("--emergent", metavar="MODALITY", help="Retrieval between --modality and MODALITY (paired manifest).")
+@click.option("--template", "templates", multiple=True, help="Prompt template with {} (repeat; default: the plugin's).")
+@click.option("--batch-size", type=int, default=32, show_default=True, help="Items per forward pass.")
+@click.option("--num-workers", type=int, help="DataLoader workers preprocessing the files.")
+@click.option(
+    "--output", "-o", type=click.Path(dir_okay=False), help="Result card (default: <checkpoint>/../eval/...json)."
+)
+@click.option("--plot/--no-plot", default=True, show_default=True, help="Write the PNG plot beside the card.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result card as JSON instead of tables.")
+def evaluate_command(
+    checkpoint: str,
+    modality: str | None,
+    dataset: str | None,
+    data_root: str | None,
+    manifest: str | None,
+    split: str | None,
+    options: tuple[str, ...],
+    task: str,
+    fuse: str | None,
+    emergent: str | None,
+    templates: tuple[str, ...],
+    batch_size: int,
+    num_workers: int | None,
+    output: str | None,
+    plot: bool,
+    as_json: bool,
+) -> None:
+    """Zero-shot evaluation of a checkpoint (no data argument: the modality's demo test split); writes a result card."""
+    from pathlib import Path
+
+    from lbcore.evaluate import default_card_path, evaluate_checkpoint, write_card, write_plot
+
+    with _progress_bar("eval") as bar:
+        evaluation = evaluate_checkpoint(
+            checkpoint,
+            modality,
+            dataset=dataset,
+            data_root=data_root,
+            manifest=manifest,
+            split=split,
+            reader_options=_reader_options(options),
+            task=task,  # type: ignore[arg-type]
+            fuse=fuse,
+            emergent=emergent,
+            templates=templates or None,
+            batch_size=batch_size,
+            num_workers=num_workers,
+            progress=_eval_progress(bar),
+        )
+    card = evaluation.card
+    card_path = Path(output) if output else default_card_path(checkpoint, card)
+    plot_path = None
+    if plot and evaluation.plot is not None:
+        plot_path = write_plot(evaluation.plot, card_path.with_suffix(".png"))
+        card["plot"] = str(plot_path)
+    write_card(card, card_path)
+    if as_json:
+        click.echo(json.dumps(card, indent=2))
+    else:
+        _print_card(card, card_path, plot_path)
+
+
+def _only_modality(checkpoint: str, modality: str | None) -> str:
+    from lbcore.checkpoint import read_meta
+    from lbcore.errors import ConfigError
+
+    if modality:
+        return modality
+    names = list(read_meta(checkpoint)["modalities"])
+    if len(names) != 1:
+        raise ConfigError(f"{checkpoint} holds {', '.join(names)}: choose one with --modality")
+    return names[0]
+
+
+@cli.command()
+@click.option("--checkpoint", "-c", required=True, type=click.Path(file_okay=False), help="Checkpoint folder.")
+@click.option("--modality", "-m", help="Modality of the inputs (default: the checkpoint's only one).")
+@click.argument("inputs", nargs=-1, required=True)
+@click.option(
+    "--output", "-o", required=True, type=click.Path(dir_okay=False), help="Embeddings: .npy or .safetensors."
+)
+@click.option("--batch-size", type=int, default=32, show_default=True, help="Items per forward pass.")
+@click.option("--num-workers", type=int, help="DataLoader workers preprocessing the files.")
+@click.option("--save-every", type=int, default=4096, show_default=True, help="Rewrite the output every N new rows.")
+def embed(
+    checkpoint: str,
+    modality: str | None,
+    inputs: tuple[str, ...],
+    output: str,
+    batch_size: int,
+    num_workers: int | None,
+    save_every: int,
+) -> None:
+    """Embed INPUTS (files, folders searched recursively, or @LIST files with one path per line) into OUTPUT.
+
+    Writes OUTPUT (.npy, or .safetensors with one tensor 'embeddings'), float32 [rows, E] and L2-normalised, and
+    OUTPUT.json listing the input of every row in order, plus the files that could not be read. Running again
+    with the same OUTPUT embeds only inputs not in it yet. Exits with 1 when some input could not be read.
+    """
+    from lbcore.embedding import embed_job
+
+    name = _only_modality(checkpoint, modality)
+    with _progress_bar("embed") as bar:
+        task = bar.add_task(name, total=None)
+        result = embed_job(
+            checkpoint,
+            name,
+            inputs,
+            output,
+            batch_size=batch_size,
+            num_workers=num_workers,
+            save_every=save_every,
+            progress=lambda done, total: bar.update(task, completed=done, total=total),
+        )
+    table = Table(title="embed summary", show_header=False)
+    table.add_row("output", f"{result.output} (+ {result.sidecar.name})")
+    table.add_row("rows", str(result.rows))
+    table.add_row("embedded now", str(len(result.embedded)))
+    table.add_row("already there", str(result.already_done))
+    table.add_row("unreadable", f"[red]{len(result.failed)}[/]" if result.failed else "0")
+    console.print(table)
+    if result.failed:
+        for path, reason in result.failed.items():
+            err_console.print(f"[red]unreadable:[/] {path}: {reason}", highlight=False)
+        sys.exit(1)
+
+
+class _MediaOptionsCommand(click.Command):
+    """A command with one repeatable ``--<modality> FILE`` option per registered modality, added when the command
+    is parsed or its help shown (plugins are loaded then, never at import). A modality whose name collides with
+    one of the command's own options is reachable through ``--input MODALITY=FILE`` only."""
+
+    def get_params(self, ctx: click.Context) -> list[click.Parameter]:
+        params = super().get_params(ctx)
+        taken = {p.name for p in params} | {o for p in params for o in p.opts}
+        extra: list[click.Parameter] = []
+        for name in _registry().modality_names():
+            flag = "--" + name.replace("_", "-")
+            if name in taken or flag in taken:
+                continue
+            extra.append(
+                click.Option(
+                    [flag, name], multiple=True, type=click.Path(dir_okay=False), help=f"A {name} file (repeat)."
+                )
+            )
+        # Keep --help last, as click does.
+        help_option = self.get_help_option(ctx)
+        return [p for p in params if p is not help_option] + extra + [p for p in params if p is help_option]
+
+
+@cli.command(cls=_MediaOptionsCommand)
+@click.option("--checkpoint", "-c", required=True, type=click.Path(file_okay=False), help="Checkpoint folder.")
+@click.option("--text", "-t", "texts", multiple=True, required=True, help="A text (repeat): one row each.")
+@click.option("--input", "-i", "pairs", multiple=True, metavar="MODALITY=FILE", help="A media file of any modality.")
+@click.option("--softmax", is_flag=True, help="Show, per file, the softmax over the texts of scale x cosine.")
+@click.option("--plot", type=click.Path(dir_okay=False), help="Also write the matrix as a PNG heatmap.")
+@click.option("--json", "as_json", is_flag=True, help="Print the matrix as JSON.")
+def similarity(
+    checkpoint: str,
+    texts: tuple[str, ...],
+    pairs: tuple[str, ...],
+    softmax: bool,
+    plot: str | None,
+    as_json: bool,
+    **media_files: tuple[str, ...],
+) -> None:
+    """The text x media similarity matrix: rows are --text, columns the files given with --<modality> FILE
+    (one option per installed modality, e.g. --audio a.wav --video b.mp4) or --input MODALITY=FILE."""
+    from pathlib import Path
+
+    import torch
+
+    from lbcore.embedding import media_similarity
+    from lbcore.errors import ConfigError
+    from lbcore.evaluate import PlotData, write_plot
+    from lbcore.model import load
+
+    media: list[tuple[str, str]] = [(name, f) for name, files in media_files.items() for f in files]
+    for pair in pairs:
+        name, sep, path = pair.partition("=")
+        if not sep or not name or not path:
+            raise ConfigError(f"--input {pair!r}: expected MODALITY=FILE")
+        media.append((name, path))
+    if not media:
+        raise ConfigError("no media file given: pass --<modality> FILE or --input MODALITY=FILE")
+    model = load(checkpoint)
+    matrix = media_similarity(model, texts, media)  # [T, M]
+    shown = matrix
+    if softmax:
+        scales = torch.tensor([model.logit_scale(name) for name, _ in media], device=matrix.device)
+        shown = torch.softmax(matrix * scales, dim=0)  # per file (column): a distribution over the texts
+    # Column titles: modality and file name (the whole path where two files share a name).
+    names = [Path(path).name for _, path in media]
+    labels = [f"{m}: {n if names.count(n) == 1 else p}" for (m, p), n in zip(media, names, strict=True)]
+    if plot:
+        data = PlotData(
+            "similarity", shown.tolist(), list(texts), [p for _, p in media], "text x media", "media", "text"
+        )
+        write_plot(data, plot)
+    if as_json:
+        out = {"texts": list(texts), "media": [{"modality": n, "path": p} for n, p in media]}
+        out["softmax" if softmax else "cosine"] = shown.tolist()
+        click.echo(json.dumps(out, indent=2))
+        return
+    table = Table(title="softmax over texts (per file)" if softmax else "cosine similarity")
+    table.add_column("text")
+    for label in labels:
+        table.add_column(label, justify="right", overflow="fold")
+    for i, text in enumerate(texts):
+        best = shown[i].argmax().item()
+        table.add_row(
+            text, *[f"[bold]{v:.3f}[/]" if j == best else f"{v:.3f}" for j, v in enumerate(shown[i].tolist())]
+        )
+    console.print(table)
+    if plot:
+        console.print(f"plot: {plot}")
+
+
+@cli.command()
+@click.option("--modality", "-m", "modality_names", multiple=True, help="Only these modalities (default: all).")
+@click.option("--output", "-o", default="runs/demo", show_default=True, type=click.Path(file_okay=False))
+@click.option(
+    "--config", "config_file", type=click.Path(dir_okay=False), help="Run config (anchor, train, modalities)."
+)
+@click.option("--min-top1", type=float, default=80.0, show_default=True, help="Held-out top-1 (%) each must reach.")
+@click.option("--fresh", is_flag=True, help="Delete earlier demo runs in OUTPUT instead of resuming them.")
+@click.option("--no-plot", is_flag=True, help="Skip the confusion-matrix PNGs.")
+@click.option("--num-workers", type=int, help="DataLoader workers for evaluation.")
+def demo(
+    modality_names: tuple[str, ...],
+    output: str,
+    config_file: str | None,
+    min_top1: float,
+    fresh: bool,
+    no_plot: bool,
+    num_workers: int | None,
+) -> None:
+    """Train every modality's demo preset on its demo data, evaluate zero-shot on the held-out split, print one
+    table and write OUTPUT/summary.json. Exits with 1 if a modality fails or stays below --min-top1."""
+    from pathlib import Path
+
+    from rich import box
+
+    from lbcore.config import read_yaml
+    from lbcore.evaluate import run_demo
+
+    config = read_yaml(config_file) if config_file else {}
+    with _progress_bar("demo") as bar:
+        tasks: dict[str, Any] = {}
+
+        def on_train(name: str, event: Any) -> None:
+            if event.kind == "start":
+                tasks[name] = bar.add_task(f"train {name}", total=event.total_steps, completed=event.step)
+            elif event.kind == "step" and name in tasks:
+                bar.update(tasks[name], completed=event.step)
+
+        def on_result(row: dict[str, Any]) -> None:
+            shown = _fmt(row.get("top1"))
+            bar.console.print(
+                f"{row['modality']}: {row['status']}" + (f", top-1 {shown}%" if row.get("top1") is not None else "")
+            )
+
+        summary = run_demo(
+            modality_names or None,
+            output,
+            config=config,
+            min_top1=min_top1,
+            fresh=fresh,
+            plots=not no_plot,
+            num_workers=num_workers,
+            train_progress=on_train,
+            eval_progress=_eval_progress(bar),
+            on_result=on_result,
+        )
+    table = Table(title=f"lbind demo: zero-shot top-1 on the held-out demo split (bar {min_top1:g}%)", box=box.SIMPLE)
+    columns = {"top1": "top-1 %", "top5": "top-5 %", "chance": "chance %", "test_items": "test items"}
+    columns.update({"steps": "steps", "train_s": "train s", "eval_s": "eval s"})
+    table.add_column("modality", no_wrap=True, min_width=8)
+    table.add_column("status", no_wrap=True, min_width=9)
+    for header in columns.values():
+        table.add_column(header, justify="right")
+    style = {"ok": "green", "below bar": "bold red", "failed": "bold red", "skipped": "yellow"}
+    for row in summary["modalities"]:
+        cells = []
+        for key in columns:
+            value = row.get(key)
+            cells.append(
+                "-" if value is None else f"{value:.1f}" if key in ("top1", "top5", "chance") else f"{value:.0f}"
+            )
+        table.add_row(row["modality"], f"[{style[row['status']]}]{row['status']}[/]", *cells)
+    console.print(table)
+    console.print(f"total {summary['total_s']:.0f} s; summary {Path(output) / 'summary.json'}")
+    for row in summary["modalities"]:
+        if row.get("error"):
+            err_console.print(f"[red]{row['modality']}:[/] {row['error']}", highlight=False)
+    if not summary["passed"]:
+        bad = [r["modality"] for r in summary["modalities"] if r["status"] in ("failed", "below bar")]
+        err_console.print(f"[bold red]demo failed:[/] {', '.join(bad) or 'no modality ran'}")
+        sys.exit(1)
+
+
 def _add_core_commands() -> None:
     """Commands whose implementation lives in its own lbcore module (imported lazily by click callbacks)."""
     from lbcore.scaffold import new_modality

@@ -1,0 +1,285 @@
+"""`lbind embed` (batched, resumable, unreadable files reported) and `lbind similarity`, on a fake plugin whose
+encoder is the identity: the expected embedding of a file is the vector stored in it, normalised (numpy)."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+PLUGIN = "lbfake_embedvec"
+DIM = 4
+
+PLUGIN_SOURCE = """
+import os
+
+import numpy as np
+import torch
+from torch import nn
+
+from lbcore import hookimpl
+from lbcore.config import ModalityConfig
+from lbcore.errors import InputError
+from lbcore.modality import Modality
+
+DIM = 4
+
+
+class Identity(nn.Module):
+    def __init__(self, embed_dim):
+        super().__init__()
+        self.embed_dim = embed_dim
+        self.proj = nn.Linear(DIM, embed_dim, bias=False)
+        with torch.no_grad():
+            self.proj.weight.copy_(torch.eye(embed_dim, DIM))
+
+    def forward(self, x):
+        return self.proj(x)
+
+
+class Vec(Modality):
+    name = "vec"
+    Config = ModalityConfig
+    presets = {"languagebind": {}, "demo": {}}
+    templates = ("a {} vector.",)
+    extensions = (".npy",)
+
+    def preprocess(self, item, train=False):
+        log = os.environ.get("LBFAKE_VEC_LOG")
+        if log and isinstance(item, (str, os.PathLike)):
+            with open(log, "a") as f:
+                f.write(f"{item}\\n")
+        if isinstance(item, (str, os.PathLike)):
+            try:
+                item = np.load(item, allow_pickle=False)
+            except (OSError, ValueError) as err:
+                raise InputError(item, f"cannot read: {err}", "a .npy vector") from err
+        return torch.as_tensor(np.asarray(item, dtype=np.float32))
+
+    def example_input(self, seed=0):
+        return np.ones(DIM, dtype=np.float32)
+
+    def build_stem(self):
+        return nn.Identity()
+
+    def build_encoder(self, embed_dim):
+        return Identity(embed_dim)
+
+
+@hookimpl
+def register_modalities(register):
+    register(Vec)
+"""
+
+
+@pytest.fixture(scope="session")
+def vec_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("embedsite")
+    (root / f"{PLUGIN}.py").write_text(PLUGIN_SOURCE)
+    info = root / f"{PLUGIN}-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {PLUGIN.replace('_', '-')}\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text(f"[lbind]\n{PLUGIN} = {PLUGIN}\n")
+    return root
+
+
+@pytest.fixture
+def ckpt(vec_site: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    """A checkpoint of the identity encoder, its anchor fingerprint unique to the test."""
+    from lbcore.config import AnchorConfig
+    from lbcore.model import BindModel
+    from lbcore.plugins import default_registry
+
+    monkeypatch.syspath_prepend(str(vec_site))
+    importlib.invalidate_caches()
+    default_registry().add_plugin(importlib.import_module(PLUGIN), PLUGIN)
+    mod = default_registry().registered("vec").cls()
+    fp = hashlib.sha256(str(tmp_path).encode()).hexdigest()
+    model = BindModel(
+        AnchorConfig(), {"vec": mod.build_encoder(DIM)}, {"vec": mod}, anchor_fingerprint=fp, embed_dim=DIM
+    )
+    return model.save_pretrained(tmp_path / "ckpt")
+
+
+def write_vec(path: Path, values: Any) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.save(path, np.asarray(values, dtype=np.float32))
+    return path
+
+
+def unit(values: Any) -> np.ndarray:
+    v = np.asarray(values, dtype=np.float64)
+    return v / np.linalg.norm(v)
+
+
+def run_cli(args: list[str]) -> None:
+    from lbcore.cli import main
+
+    main(args)
+
+
+def read_sidecar(output: Path) -> dict[str, Any]:
+    return json.loads(output.with_name(output.name + ".json").read_text())
+
+
+VECTORS = {
+    "a": [1, 2, 0, 0],
+    "sub/b": [0, 0, 3, 4],
+    "sub/deeper/c": [1, 1, 1, 1],
+    ".hidden/h": [9, 9, 9, 9],
+}
+
+
+def make_inputs(root: Path) -> None:
+    for name, v in VECTORS.items():
+        write_vec(root / f"{name}.npy", v)
+    (root / "notes.txt").write_text("not an input")  # not a .npy: ignored when walking the folder
+
+
+def test_embed_folders_files_and_lists_in_order(ckpt: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data = tmp_path / "data"
+    make_inputs(data)
+    extra = write_vec(tmp_path / "lists" / "x" / "d.npy", [0, 5, 0, 0])
+    (tmp_path / "lists" / "inputs.txt").write_text("# one per line, relative to this file\n\nx/d.npy\n")
+    out = tmp_path / "out" / "emb.npy"
+    run_cli(["embed", "-c", str(ckpt), str(data), f"@{tmp_path / 'lists' / 'inputs.txt'}", "-o", str(out),
+             "--num-workers", "0"])  # fmt: skip
+    side = read_sidecar(out)
+    expected_order = [data / "a.npy", data / "sub" / "b.npy", data / "sub" / "deeper" / "c.npy", extra]
+    assert side["inputs"] == [str(p.resolve()) for p in expected_order]
+    assert side["modality"] == "vec" and side["embed_dim"] == DIM and side["failed"] == {}
+    rows = np.load(out)
+    want = np.stack([unit(VECTORS["a"]), unit(VECTORS["sub/b"]), unit(VECTORS["sub/deeper/c"]), unit([0, 5, 0, 0])])
+    assert rows.dtype == np.float32 and rows.shape == (4, DIM)
+    np.testing.assert_allclose(rows, want, atol=1e-6)
+    assert "embed summary" in capsys.readouterr().out
+
+
+def test_rerunning_with_more_inputs_embeds_only_the_new_ones(
+    ckpt: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = tmp_path / "data"
+    make_inputs(data)
+    out = tmp_path / "emb.safetensors"
+    log = tmp_path / "preprocessed.log"
+    monkeypatch.setenv("LBFAKE_VEC_LOG", str(log))
+    run_cli(["embed", "-c", str(ckpt), str(data), "-o", str(out), "--num-workers", "0"])
+    assert len(log.read_text().splitlines()) == 3
+    first = read_sidecar(out)["inputs"]
+
+    log.unlink()
+    new = write_vec(data / "sub" / "e.npy", [0, 0, 0, 2])
+    # Two workers and batches of 1: the new file goes through the DataLoader's worker processes.
+    run_cli(["embed", "-c", str(ckpt), str(data), "-o", str(out), "--num-workers", "2", "--batch-size", "1"])
+    assert log.read_text().splitlines() == [str(new.resolve())]
+    side = read_sidecar(out)
+    assert side["inputs"] == [*first, str(new.resolve())]  # appended, earlier rows untouched
+    from safetensors.numpy import load_file
+
+    rows = load_file(str(out))["embeddings"]
+    assert rows.shape == (4, DIM)
+    np.testing.assert_allclose(rows[-1], unit([0, 0, 0, 2]), atol=1e-6)
+    np.testing.assert_allclose(rows[0], unit(VECTORS["a"]), atol=1e-6)
+
+
+def test_unreadable_files_are_listed_and_the_rest_is_embedded(
+    ckpt: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = tmp_path / "data"
+    make_inputs(data)
+    bad = data / "sub" / "broken.npy"
+    bad.write_bytes(b"not numpy at all")
+    gone = tmp_path / "missing.npy"
+    out = tmp_path / "emb.npy"
+    args = ["embed", "-c", str(ckpt), str(data), str(gone), "-o", str(out), "--num-workers", "0"]
+    with pytest.raises(SystemExit) as info:
+        run_cli(args)
+    assert info.value.code == 1
+    side = read_sidecar(out)
+    assert set(side["failed"]) == {str(bad.resolve()), str(gone)}
+    assert "cannot read" in side["failed"][str(bad.resolve())]
+    assert len(side["inputs"]) == 3 and np.load(out).shape == (3, DIM)
+    err = capsys.readouterr().err.replace("\n", "")
+    assert "broken.npy" in err and "missing.npy" in err
+
+    write_vec(bad, [2, 0, 0, 0])  # fixed: tried again on the next run, the missing one still fails
+    with pytest.raises(SystemExit):
+        run_cli(args)
+    side = read_sidecar(out)
+    assert set(side["failed"]) == {str(gone)}
+    assert side["inputs"][-1] == str(bad.resolve())
+    np.testing.assert_allclose(np.load(out)[-1], [1, 0, 0, 0], atol=1e-6)
+
+
+def test_a_file_from_another_checkpoint_is_not_appended_to(ckpt: Path, tmp_path: Path) -> None:
+    from safetensors.numpy import load_file, save_file
+
+    from lbcore.embedding import embed_job
+    from lbcore.errors import InputError
+
+    data = tmp_path / "data"
+    make_inputs(data)
+    out = tmp_path / "emb.npy"
+    embed_job(ckpt, "vec", [data], out, num_workers=0)
+    weights = ckpt / "vec.safetensors"
+    tensors = load_file(str(weights))
+    save_file({k: v * 2 for k, v in tensors.items()}, str(weights))  # other weights: another checkpoint
+    with pytest.raises(InputError, match="sha256"):
+        embed_job(ckpt, "vec", [data], out, num_workers=0)
+    with pytest.raises(InputError, match=r"\.npy or \.safetensors"):
+        embed_job(ckpt, "vec", [data], tmp_path / "emb.pt", num_workers=0)
+
+
+# ------------------------------------------------------------------------------------------------ similarity
+TEXTS = {"pointing up": [0, 0, 1, 0], "mostly first": [1, 0.5, 0, 0]}
+
+
+def fill_cache(ckpt: Path) -> None:
+    import torch
+
+    from lbcore.anchor import TextEmbeddingCache
+
+    fp = json.loads((ckpt / "lbind.json").read_text())["anchor"]["fingerprint"]
+    for text, v in TEXTS.items():
+        t = torch.tensor(v, dtype=torch.float32)
+        TextEmbeddingCache().put(fp, text, t / t.norm())
+
+
+def test_similarity_matrix_from_modality_options(
+    ckpt: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    fill_cache(ckpt)
+    a = write_vec(tmp_path / "a.npy", [1, 0, 0, 0])
+    b = write_vec(tmp_path / "b.npy", [0, 0, 3, 4])
+    png = tmp_path / "sim.png"
+    run_cli(["similarity", "-c", str(ckpt), "--text", "pointing up", "--text", "mostly first", "--vec", str(a),
+             "--input", f"vec={b}", "--json", "--plot", str(png)])  # fmt: skip
+    out = json.loads(capsys.readouterr().out)
+    want = np.array([[unit(t) @ unit(v) for v in ([1, 0, 0, 0], [0, 0, 3, 4])] for t in TEXTS.values()])
+    np.testing.assert_allclose(out["cosine"], want, atol=1e-6)
+    assert [m["path"] for m in out["media"]] == [str(a), str(b)]
+    assert png.read_bytes()[:4] == b"\x89PNG"
+
+    run_cli(["similarity", "-c", str(ckpt), "-t", "pointing up", "-t", "mostly first", "--vec", str(a), "--vec",
+             str(b), "--softmax", "--json"])  # fmt: skip
+    probs = np.array(json.loads(capsys.readouterr().out)["softmax"])
+    np.testing.assert_allclose(probs.sum(0), [1.0, 1.0], atol=1e-6)  # per file: a distribution over the texts
+    scale = 1 / 0.07  # the initial learned temperature of a fresh model
+    logits = want * scale
+    expected = np.exp(logits - logits.max(0)) / np.exp(logits - logits.max(0)).sum(0)
+    np.testing.assert_allclose(probs, expected, atol=1e-5)
+
+    run_cli(["similarity", "-c", str(ckpt), "-t", "pointing up", "--vec", str(a)])
+    assert "cosine similarity" in capsys.readouterr().out
+
+
+def test_similarity_help_lists_one_option_per_modality(ckpt: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    run_cli(["similarity", "--help"])
+    out = capsys.readouterr().out
+    assert "--vec FILE" in out and "--input" in out
+    assert out.index("--vec FILE") < out.index("--help")
