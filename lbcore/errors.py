@@ -47,3 +47,23 @@ class AnchorError(LbindError):
 
 class CheckpointError(LbindError):
     """A checkpoint directory is missing, incomplete or unsafe."""
+
+
+def check_media_file(path: str | Path, expected: str) -> int:
+    """Raise :class:`InputError` unless ``path`` is a non-empty regular file; return its size in bytes.
+
+    The checks every loader does before handing a file to a decoder, so that a missing or empty file is named
+    clearly instead of failing deep inside a library.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise InputError(path, "is a directory", expected)
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError as err:
+        raise InputError(path, "file not found", expected) from err
+    except OSError as err:
+        raise InputError(path, f"cannot read file: {err.strerror or err}", expected) from err
+    if size == 0:
+        raise InputError(path, "empty file (0 bytes)", expected)
+    return size

@@ -23,7 +23,7 @@ from torchvision.transforms import InterpolationMode
 
 from lbcore.config import ImageConfig
 from lbcore.data import write_manifest
-from lbcore.errors import ConfigError, InputError
+from lbcore.errors import ConfigError, InputError, check_media_file
 from lbcore.nn import PatchStem2d
 
 log = logging.getLogger(__name__)
@@ -62,16 +62,7 @@ def read_image(path: str | os.PathLike[str]) -> np.ndarray:
     32-bit integers outside 0..65535.
     """
     path = Path(path)
-    if path.is_dir():
-        raise InputError(path, "is a directory", IMAGE_FORMATS)
-    try:
-        size = path.stat().st_size
-    except FileNotFoundError as err:
-        raise InputError(path, "file not found", IMAGE_FORMATS) from err
-    except OSError as err:
-        raise InputError(path, f"cannot read file: {err.strerror or err}", IMAGE_FORMATS) from err
-    if size == 0:
-        raise InputError(path, "empty file (0 bytes)", IMAGE_FORMATS)
+    check_media_file(path, IMAGE_FORMATS)
     try:
         with Image.open(path) as img:
             img.load()

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from lbcore.errors import InputError
+from lbcore.errors import InputError, check_media_file
 
 CHANNELS = ("ax", "ay", "az", "gx", "gy", "gz")
 # Header spellings accepted in CSV files, by canonical channel name (compared lower-case, spaces removed).
@@ -94,14 +94,7 @@ def _as_table(raw: Any, source: Path | None = None) -> np.ndarray:
 def read_imu_file(path: Path) -> tuple[np.ndarray, list[str] | None]:
     """Read a .npy or .csv file: the numeric table [rows, columns] and, for a CSV with a header, the
     canonical name of each column (None where the header names a column we do not use)."""
-    if path.is_dir():
-        raise InputError(path, "is a directory", LAYOUT)
-    try:
-        size = path.stat().st_size
-    except FileNotFoundError as err:
-        raise InputError(path, "file not found", LAYOUT) from err
-    if size == 0:
-        raise InputError(path, "empty file (0 bytes)", LAYOUT)
+    check_media_file(path, LAYOUT)
     suffix = path.suffix.lower()
     if suffix == ".npy":
         try:

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from lbcore.errors import InputError
+from lbcore.errors import InputError, check_media_file
 
 log = logging.getLogger(__name__)
 
@@ -49,16 +49,7 @@ def read_video_frames(path: str | os.PathLike[str], num_frames: int, threads: in
     import decord  # imported here: plugin discovery must not load the decoder
 
     path = Path(path)
-    if path.is_dir():
-        raise InputError(path, "is a directory", VIDEO_FILES)
-    try:
-        size = path.stat().st_size
-    except FileNotFoundError as err:
-        raise InputError(path, "file not found", VIDEO_FILES) from err
-    except OSError as err:
-        raise InputError(path, f"cannot read file: {err.strerror or err}", VIDEO_FILES) from err
-    if size == 0:
-        raise InputError(path, "empty file (0 bytes)", VIDEO_FILES)
+    check_media_file(path, VIDEO_FILES)
     try:
         reader = decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=threads)
         available = len(reader)

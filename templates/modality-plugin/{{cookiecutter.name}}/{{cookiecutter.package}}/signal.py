@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from lbcore.errors import InputError
+from lbcore.errors import InputError, check_media_file
 
 FILE_FORMATS = ".npy (a [T, channels] array) or .csv (one row per time step, one column per channel, optional header)"
 
@@ -28,14 +28,7 @@ def is_path(item: Any) -> bool:
 def read_signal_file(path: str | os.PathLike[str]) -> np.ndarray:
     """Read a .npy or .csv file into its raw array (not yet checked for shape or values)."""
     path = Path(path)
-    if path.is_dir():
-        raise InputError(path, "is a directory", FILE_FORMATS)
-    try:
-        size = path.stat().st_size
-    except FileNotFoundError as err:
-        raise InputError(path, "file not found", FILE_FORMATS) from err
-    if size == 0:
-        raise InputError(path, "empty file (0 bytes)", FILE_FORMATS)
+    check_media_file(path, FILE_FORMATS)
     suffix = path.suffix.lower()
     if suffix == ".npy":
         try:
