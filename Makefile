@@ -2,7 +2,7 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-PLUGINS := video audio depth infrared
+PLUGINS := video audio depth infrared image
 STAMP := $(VENV)/.lbind-installed
 PLUGIN_PROJECTS := $(foreach p,$(PLUGINS),plugins/$(p)/pyproject.toml)
 

@@ -165,6 +165,9 @@ def validate(file: str) -> None:
 @click.option("--num-workers", type=int, help="DataLoader workers per process.")
 @click.option("--mixed-precision", type=click.Choice(["auto", "no", "bf16", "fp16"]), help="Autocast precision.")
 @click.option("--tensorboard", is_flag=True, default=None, help="Log TensorBoard scalars in the run folder.")
+@click.option(
+    "--save-full", is_flag=True, default=None, help="Write full merged encoder weights instead of LoRA adapters."
+)
 def train(
     modality_names: tuple[str, ...],
     config_file: str | None,
@@ -675,10 +678,13 @@ def demo(
 
 def _add_core_commands() -> None:
     """Commands whose implementation lives in its own lbcore module (imported lazily by click callbacks)."""
+    from lbcore.convert_cli import convert
     from lbcore.scaffold import new_modality
 
     if "new-modality" not in cli.commands:
         cli.add_command(new_modality)
+    if "convert" not in cli.commands:
+        cli.add_command(convert)
 
 
 def main(argv: list[str] | None = None) -> None:

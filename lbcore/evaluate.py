@@ -43,6 +43,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import torch
 import torch.nn.functional as F
 
+from lbcore.checkpoint import META_FILE, read_meta
 from lbcore.datasets import EvalDataset, EvalItem
 from lbcore.errors import CheckpointError, LbindError
 
@@ -587,14 +588,26 @@ def _file_sha256(path: Path) -> str:
 
 def checkpoint_digest(directory: str | Path) -> dict[str, Any]:
     """``{"sha256": ..., "files": {name: sha256}}`` of a checkpoint's ``*.safetensors`` files. The checkpoint's
-    sha256 is that of the lines ``<file name>\\0<file sha256>\\n`` in name order, so it changes with any weight."""
+    sha256 is that of the lines ``<file name>\\0<file sha256>\\n`` in name order, so it changes with any weight;
+    for adapter-only modalities the recorded base-weight hashes are folded in (``bases``)."""
     directory = Path(directory)
     files = sorted(directory.glob("*.safetensors"))
     if not files:
         raise CheckpointError(f"{directory}: no .safetensors weights to hash (is this a checkpoint folder?)")
     per_file = {f.name: _file_sha256(f) for f in files}
-    combined = hashlib.sha256("".join(f"{name}\0{sha}\n" for name, sha in per_file.items()).encode())
-    return {"sha256": combined.hexdigest(), "files": per_file}
+    lines = [f"{name}\0{sha}\n" for name, sha in per_file.items()]
+    # an adapter-only modality is only defined together with its base weights: fold their hashes in too
+    bases = {}
+    if (directory / META_FILE).is_file():
+        for name, spec in sorted(read_meta(directory)["modalities"].items()):
+            if isinstance(spec.get("base"), dict) and spec["base"].get("sha256"):
+                bases[name] = spec["base"]["sha256"]
+                lines.append(f"base:{name}\0{bases[name]}\n")
+    combined = hashlib.sha256("".join(lines).encode())
+    out: dict[str, Any] = {"sha256": combined.hexdigest(), "files": per_file}
+    if bases:
+        out["bases"] = bases
+    return out
 
 
 def _relative(path: Path, root: Path) -> str:

@@ -3,13 +3,18 @@
 The anchor is never stored in a checkpoint: ``lbind.json`` names it (config, fingerprint, embedding size) and
 text embeddings come from the text-embedding cache, which runs the anchor only for texts it has not seen. The
 anchor is loaded lazily, on the first cache miss, and must have the fingerprint the checkpoint recorded.
+
+Encoder weights are saved in full (LoRA merged), or, for LoRA-trained modalities with ``adapter_only``, as the
+adapter plus the trained extras and a reference to the base weights (``base_sources``: ``clip:PATH`` or
+``lbind:DIR``) with the base's sha256; loading rebuilds the base, checks its hash and merges the adapter (see
+:mod:`lbcore.checkpoint`). A scratch-initialised encoder has no base to point to, so it is always saved in full.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +23,24 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lbcore.checkpoint import FORMAT, FORMAT_VERSION, META_FILE, atomic_dir, export_encoder_state, read_meta, write_json
+from lbcore.checkpoint import (
+    ADAPTER_FORMAT_VERSION,
+    FORMAT,
+    FULL_FORMAT_VERSION,
+    LORA_A,
+    LORA_B,
+    META_FILE,
+    adapter_state,
+    atomic_dir,
+    base_encoder_state,
+    export_encoder_state,
+    lora_layers,
+    merge_adapter,
+    read_meta,
+    split_extras,
+    state_sha256,
+    write_json,
+)
 from lbcore.config import AnchorConfig, validate_model
 from lbcore.errors import AnchorError, CheckpointError, InputError, ModalityNotFoundError
 from lbcore.loss import LogitScale
@@ -74,7 +96,9 @@ class BindModel(nn.Module):
     ``encoders`` map modality name -> encoder (input batch -> [B, E], not normalised); ``modalities`` the
     configured :class:`Modality` objects that preprocess inputs for them; ``logit_scales`` the learned log
     inverse temperatures (default: the initial value). ``anchor_fingerprint`` / ``embed_dim`` identify the
-    anchor; they are required to save and are filled in by the trainer.
+    anchor; they are required to save and are filled in by the trainer. ``base_sources`` name, per modality,
+    the weights its encoder was initialised from (``clip:PATH`` or ``lbind:DIR``; see :func:`base_reference`),
+    which an adapter-only checkpoint refers to instead of storing them.
     """
 
     def __init__(
@@ -86,6 +110,7 @@ class BindModel(nn.Module):
         *,
         anchor_fingerprint: str | None = None,
         embed_dim: int | None = None,
+        base_sources: Mapping[str, str] | None = None,
     ) -> None:
         super().__init__()
         if set(encoders) != set(modalities):
@@ -110,6 +135,8 @@ class BindModel(nn.Module):
         self.anchor_fingerprint = anchor_fingerprint
         dims = {getattr(e, "embed_dim", None) for e in encoders.values()} - {None}
         self.embed_dim = embed_dim if embed_dim is not None else (dims.pop() if len(dims) == 1 else None)
+        self.base_sources: dict[str, str] = dict(base_sources or {})
+        self._verified_bases: set[tuple[str, str, str]] = set()  # (modality, source, sha256) checked by verify_base
         self._text_anchor: Any = None
 
     # ------------------------------------------------------------------------------------------- embedding
@@ -222,7 +249,7 @@ class BindModel(nn.Module):
         anchor_cfg = self.anchor_cfg.model_dump(mode="json", exclude={"cache_dir"})
         meta: dict[str, Any] = {
             "format": FORMAT,
-            "format_version": FORMAT_VERSION,
+            "format_version": FULL_FORMAT_VERSION,
             "lbind_version": __version__,
             "anchor": {
                 "name": self.anchor_cfg.name,
@@ -237,42 +264,162 @@ class BindModel(nn.Module):
                 **plugin_info(mod),
                 "config": mod.config.model_dump(mode="json"),
                 "logit_scale": float(self.logit_scales[name].value.detach()),
-                "weights": f"{name}.safetensors",
+                "weights": "full",
+                "file": f"{name}.safetensors",
                 "lora": {"merged_rank": mod.config.lora.rank},
             }
         if extra:
             meta.update(extra)
         return meta
 
-    def write_files(self, directory: Path, extra: Mapping[str, Any] | None = None) -> None:
-        """Write ``lbind.json`` and the encoder weights into an existing folder (not atomic; see save_pretrained)."""
+    def base_fingerprint(self, modality: str) -> tuple[str, int]:
+        """(sha256, tensor count) of the tensors an adapter-only checkpoint of ``modality`` takes from its base:
+        every encoder tensor except the LoRA factors and the ``lora.trainable_extras``, unmerged."""
+        prefixes = self._modality(modality).config.lora.trainable_extras
+        base = base_encoder_state(_unwrap(self.encoders[modality]))
+        _, keys = split_extras(list(base), prefixes)
+        return state_sha256({k: base[k] for k in keys}), len(keys)
+
+    def verify_base(self, modality: str) -> tuple[str, int]:
+        """Check that ``base_sources[modality]`` rebuilds exactly the encoder's base weights; return
+        :meth:`base_fingerprint`. Raises :class:`CheckpointError` when there is no source, it cannot be loaded,
+        or it gives other weights (an adapter saved against it would not load back). Checked once per
+        (modality, source, hash): the base is frozen during LoRA training."""
+        source = self.base_sources.get(modality)
+        mod = self._modality(modality)
+        if not source:
+            raise CheckpointError(
+                f"{modality}: no base weights are recorded for this encoder (it was initialised from scratch, or "
+                f"base_sources[{modality!r}] is unset), so its LoRA adapter cannot be saved alone: save full weights "
+                f"(adapter_only=False, `lbind train --save-full`), or set base_sources[{modality!r}] to the "
+                "'clip:PATH', 'languagebind:PATH' or 'lbind:DIR' the encoder was initialised from"
+            )
+        expected, count = self.base_fingerprint(modality)
+        if (modality, source, expected) in self._verified_bases:
+            return expected, count
+        if self.embed_dim is None:
+            raise CheckpointError(f"{modality}: the embedding size is unknown; pass embed_dim to BindModel")
+        with torch.random.fork_rng(devices=[]):  # building the encoder must not move the caller's random stream
+            fresh = mod.build_encoder(self.embed_dim)
+        load_base(fresh, source, mod)
+        base = base_encoder_state(fresh)
+        _, keys = split_extras(list(base), mod.config.lora.trainable_extras)
+        got = state_sha256({k: base[k] for k in keys})
+        if got != expected:
+            raise CheckpointError(
+                f"{modality}: the base {source} loads as weights with sha256 {got}, but the encoder's frozen "
+                f"weights have sha256 {expected}: the encoder was not initialised from this source (or was changed "
+                "since), so an adapter saved against it would not load back; save full weights instead"
+            )
+        self._verified_bases.add((modality, source, expected))
+        return expected, count
+
+    def _adapter_modalities(self, adapter_only: bool | Collection[str]) -> list[str]:
+        """The modalities to save as adapters: with True every LoRA-configured one, or the names given."""
+        if adapter_only is False:
+            return []
+        if isinstance(adapter_only, str):
+            adapter_only = [adapter_only]
+        if adapter_only is True:
+            names = [n for n, m in self.modalities.items() if m.config.lora.rank > 0]
+        else:
+            names = [n for n in self.modalities if n in set(adapter_only)]
+            for name in adapter_only:
+                self._modality(name)
+        problems = []
+        for name in names:
+            if self.modalities[name].config.lora.rank <= 0:
+                problems.append(
+                    f"{name}: trained without LoRA (lora.rank 0), so every weight is trained; save it in full"
+                )
+            elif not lora_layers(_unwrap(self.encoders[name])):
+                problems.append(
+                    f"{name}: the encoder holds no LoRA adapters (merged when loaded, or never applied), so there is "
+                    "no adapter to save; save it in full"
+                )
+        if problems:
+            raise CheckpointError("cannot save adapter weights: " + "; ".join(problems))
+        return names
+
+    def write_files(
+        self, directory: Path, extra: Mapping[str, Any] | None = None, *, adapter_only: bool | Collection[str] = False
+    ) -> None:
+        """Write ``lbind.json`` and the encoder weights into an existing folder (not atomic; see save_pretrained).
+
+        ``adapter_only``: see :meth:`save_pretrained`; a collection names the modalities to save as adapters.
+        """
         from safetensors.torch import save_file
 
+        adapters = self._adapter_modalities(adapter_only)
+        bases = {name: self.verify_base(name) for name in adapters}  # every base checked before anything is written
         meta = self.describe(extra)
         for name, spec in meta["modalities"].items():
-            state = export_encoder_state(_unwrap(self.encoders[name]))
-            save_file(state, str(directory / spec["weights"]), metadata={"format": "pt", "modality": name})
+            encoder = _unwrap(self.encoders[name])
+            if name in adapters:
+                lora = self.modalities[name].config.lora
+                digest, count = bases[name]
+                tensors, scaling = adapter_state(encoder, lora.trainable_extras)
+                state = {k: v.to("cpu").contiguous().clone() for k, v in tensors.items()}
+                spec["weights"] = "adapter"
+                spec["base"] = {"source": self.base_sources[name], "sha256": digest, "tensors": count}
+                spec["lora"] = {
+                    "rank": lora.rank,
+                    "alpha": lora.alpha,
+                    "targets": list(lora.targets),
+                    "scaling": scaling,
+                    "layers": sum(k.endswith(LORA_A) for k in state),
+                }
+            else:
+                state = export_encoder_state(encoder)
+            metadata = {"format": "pt", "modality": name, "weights": spec["weights"]}
+            save_file(state, str(directory / spec["file"]), metadata=metadata)
+        meta["format_version"] = ADAPTER_FORMAT_VERSION if adapters else FULL_FORMAT_VERSION
         write_json(directory / META_FILE, meta)
 
-    def save_pretrained(self, directory: str | Path, extra: Mapping[str, Any] | None = None) -> Path:
-        """Write the checkpoint folder atomically (safetensors weights + ``lbind.json``); return its path."""
+    def save_pretrained(
+        self,
+        directory: str | Path,
+        adapter_only: bool | Collection[str] = False,
+        *,
+        extra: Mapping[str, Any] | None = None,
+    ) -> Path:
+        """Write the checkpoint folder atomically (safetensors weights + ``lbind.json``); return its path.
+
+        ``adapter_only``: save every LoRA-trained modality as its LoRA factors plus trained extras, with a
+        reference to its base weights (``base_sources``) and their sha256, instead of full merged weights; the
+        other modalities are saved in full. The base is loaded once to check that it reproduces the encoder's
+        frozen weights. Raises :class:`CheckpointError` for a LoRA modality without a base (scratch
+        initialisation) or without live adapters.
+        """
         directory = Path(directory)
         with atomic_dir(directory) as tmp:
-            self.write_files(tmp, extra)
+            self.write_files(tmp, extra, adapter_only=adapter_only)
         return directory
 
     @classmethod
-    def from_pretrained(cls, directory: str | Path, map_location: str | torch.device = "cpu") -> BindModel:
-        """Load a checkpoint folder: each modality through its installed plugin, weights from safetensors."""
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
+    def from_pretrained(
+        cls,
+        directory: str | Path,
+        map_location: str | torch.device = "cpu",
+        *,
+        base: Mapping[str, str] | None = None,
+    ) -> BindModel:
+        """Load a checkpoint folder: each modality through its installed plugin, weights from safetensors.
 
+        Adapter-only modalities are rebuilt from their recorded base (checked against its sha256) with the
+        adapter merged in. ``base`` replaces recorded base sources by modality (e.g. ``{"depth": "clip:/new/path"}``
+        when the base weights moved); the hash must still match.
+        """
         from lbcore.plugins import default_registry
 
         directory = Path(directory)
         meta = read_meta(directory)
         anchor = meta["anchor"]
         anchor_cfg = validate_model(AnchorConfig, anchor.get("config", {}), prefix=("anchor",), source=str(directory))
+        if anchor_cfg.name.startswith(("./", "../")):
+            # A relative anchor ("./anchor", as `lbind convert` writes) lives inside or beside the checkpoint
+            # folder, wherever the process runs.
+            anchor_cfg = anchor_cfg.model_copy(update={"name": str((directory / anchor_cfg.name).resolve())})
         embed_dim = anchor.get("embed_dim")
         if not isinstance(embed_dim, int) or embed_dim <= 0:
             raise CheckpointError(f"{directory / META_FILE}: anchor.embed_dim must be a positive integer")
@@ -301,17 +448,7 @@ class BindModel(nn.Module):
             )
             modality = reg.cls(config)
             encoder = modality.build_encoder(embed_dim)
-            weights = directory / str(spec.get("weights", f"{name}.safetensors"))
-            try:
-                state = load_file(str(weights), device=str(map_location))
-            except (OSError, SafetensorError) as err:
-                raise CheckpointError(f"{weights}: cannot read encoder weights: {err}") from err
-            result = encoder.load_state_dict(state, strict=False)
-            if result.missing_keys or result.unexpected_keys:
-                raise CheckpointError(
-                    f"{weights}: does not fit the {name} encoder built from the saved config: "
-                    f"missing {result.missing_keys or 'none'}, unexpected {result.unexpected_keys or 'none'}"
-                )
+            load_encoder_weights(directory, spec, encoder, modality, base_overrides=base)
             modalities[name] = modality
             encoders[name] = encoder
             scales[name] = float(spec.get("logit_scale", LogitScale().value.item()))
@@ -334,6 +471,128 @@ def _unwrap(module: nn.Module) -> nn.Module:
             return module
 
 
-def load(directory: str | Path, map_location: str | torch.device = "cpu") -> BindModel:
-    """Load a checkpoint folder written by ``lbind train`` or :meth:`BindModel.save_pretrained`."""
-    return BindModel.from_pretrained(directory, map_location=map_location)
+def load(
+    directory: str | Path, map_location: str | torch.device = "cpu", *, base: Mapping[str, str] | None = None
+) -> BindModel:
+    """Load a checkpoint folder written by ``lbind train`` or :meth:`BindModel.save_pretrained` (``base``: see
+    :meth:`BindModel.from_pretrained`)."""
+    return BindModel.from_pretrained(directory, map_location=map_location, base=base)
+
+
+# ------------------------------------------------------------------------------------------- weights
+BASE_KINDS = ("clip", "languagebind", "lbind")
+
+
+def base_reference(init: str | None) -> str | None:
+    """The base reference an adapter-only checkpoint records for an encoder initialised from ``init`` (the
+    trainer's ``init`` spec): ``clip:``, ``languagebind:`` or ``lbind:`` with the path made absolute; None for
+    ``scratch`` and for sources :func:`load_base` cannot load back."""
+    if not init or init == "scratch":
+        return None
+    kind, sep, rest = init.partition(":")
+    if not sep or not rest or kind not in BASE_KINDS:
+        return None
+    return f"{kind}:{Path(rest).expanduser().resolve()}"
+
+
+def load_base(encoder: nn.Module, source: str, modality: Modality, *, seen: frozenset[Path] = frozenset()) -> None:
+    """Load the base weights ``source`` names into ``encoder`` (built by ``modality``).
+
+    ``clip:PATH``: a transformers CLIP vision checkpoint (:func:`lbcore.convert.load_clip_vision_into`: position
+    embedding resized to the encoder's grid, video's temporal parts copied from the spatial ones);
+    ``languagebind:PATH``: a released LanguageBind checkpoint of this modality, its LoRA merged
+    (:func:`lbcore.convert.load_languagebind_into`); ``lbind:DIR``: this modality's weights in another lbind
+    checkpoint (full, or itself an adapter on a base). Raises :class:`CheckpointError` naming the source.
+    """
+    kind, sep, rest = source.partition(":")
+    if not sep or not rest or kind not in BASE_KINDS:
+        raise CheckpointError(f"base source {source!r}: expected one of {', '.join(k + ':PATH' for k in BASE_KINDS)}")
+    path = Path(rest).expanduser()
+    if kind == "clip":
+        from lbcore.convert import load_clip_vision_into
+
+        for line in load_clip_vision_into(encoder, path):
+            log.debug("%s base %s: %s", modality.name, source, line)
+        return
+    if kind == "languagebind":
+        from lbcore.convert import load_languagebind_into
+
+        load_languagebind_into(encoder, modality, path)
+        return
+    directory = path.resolve()
+    if directory in seen:
+        raise CheckpointError(f"{directory}: base checkpoints refer to each other in a cycle")
+    meta = read_meta(directory)
+    spec = meta["modalities"].get(modality.name)
+    if not isinstance(spec, dict):
+        raise CheckpointError(
+            f"{directory}: holds no {modality.name!r} weights to use as a base (it has: "
+            f"{', '.join(sorted(meta['modalities'])) or 'none'})"
+        )
+    load_encoder_weights(directory, spec, encoder, modality, seen=seen | {directory})
+
+
+def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path), device="cpu")
+    except (OSError, SafetensorError) as err:
+        raise CheckpointError(f"{path}: cannot read encoder weights: {err}") from err
+
+
+def load_encoder_weights(
+    directory: Path,
+    spec: Mapping[str, Any],
+    encoder: nn.Module,
+    modality: Modality,
+    *,
+    base_overrides: Mapping[str, str] | None = None,
+    seen: frozenset[Path] = frozenset(),
+) -> None:
+    """Fill ``encoder`` (built by ``modality``) with that modality's weights in the checkpoint ``directory``
+    (``spec``: its ``lbind.json`` entry): full weights as they are, adapter weights merged onto their verified
+    base. ``base_overrides`` replace recorded base sources by modality name."""
+    name = modality.name
+    kind = spec.get("weights", "full")
+    file = spec.get("file")
+    if isinstance(kind, str) and kind.endswith(".safetensors"):  # first format: "weights" named the file
+        file, kind = kind, "full"
+    path = directory / str(file or f"{name}.safetensors")
+    where = f"{directory / META_FILE}: modalities.{name}"
+    if kind not in ("full", "adapter"):
+        raise CheckpointError(f"{where}.weights is {kind!r}; expected 'full' or 'adapter'")
+    state = _read_tensors(path)
+    if kind == "full":
+        result = encoder.load_state_dict(state, strict=False)
+        if result.missing_keys or result.unexpected_keys:
+            raise CheckpointError(
+                f"{path}: does not fit the {name} encoder built from the saved config: "
+                f"missing {result.missing_keys or 'none'}, unexpected {result.unexpected_keys or 'none'}"
+            )
+        return
+    ref = spec.get("base")
+    scaling = (spec.get("lora") or {}).get("scaling")
+    if not isinstance(ref, dict) or not isinstance(ref.get("source"), str) or not isinstance(ref.get("sha256"), str):
+        raise CheckpointError(f"{where}.base: expected {{source, sha256}} naming the weights the adapter applies to")
+    if not isinstance(scaling, (int, float)) or isinstance(scaling, bool):
+        raise CheckpointError(f"{where}.lora.scaling: expected the number the LoRA update is scaled by")
+    source = (base_overrides or {}).get(name) or ref["source"]
+    try:
+        load_base(encoder, source, modality, seen=seen | {directory.resolve()})
+    except CheckpointError as err:
+        raise CheckpointError(
+            f"{path}: the {name} adapter needs its base weights {source}, which cannot be loaded: {err}. If they "
+            f"moved, pass base={{{name!r}: '<clip:|lbind:>NEW_PATH'}} to lbcore.load / from_pretrained"
+        ) from err
+    base = base_encoder_state(encoder)
+    extras = [k for k in state if not k.endswith((LORA_A, LORA_B))]
+    digest = state_sha256({k: v for k, v in base.items() if k not in set(extras)})
+    if digest != ref["sha256"]:
+        raise CheckpointError(
+            f"{path}: the {name} adapter was trained on base weights with sha256 {ref['sha256']}, but {source} "
+            f"holds weights with sha256 {digest}: a different model (or another version of it); give the base "
+            f"the adapter was trained on"
+        )
+    encoder.load_state_dict(merge_adapter(base, state, float(scaling), str(path)), strict=True)

@@ -70,9 +70,9 @@ from lbcore.data import (
     derive_seed,
     read_manifest,
 )
-from lbcore.errors import ConfigError
+from lbcore.errors import CheckpointError, ConfigError
 from lbcore.loss import contrastive_loss, gather_with_grad
-from lbcore.model import BindModel
+from lbcore.model import BindModel, base_reference
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +92,7 @@ __all__ = [
 ]
 
 NO_DECAY_SUFFIXES = ("_embedding", "logit_scale")  # class/position/temporal embeddings, temperatures
+INIT_KINDS = ("clip", "languagebind")  # train.init: 'scratch' or KIND:PATH
 
 
 def _default_workers() -> int:
@@ -124,12 +125,22 @@ class TrainConfig(StrictModel):
     seed: int = Field(0, ge=0, description="Seed of initialisation, data order, captions, augmentation and masking.")
     save_every: int = Field(500, ge=0, description="Checkpoint every N optimiser steps (0: only at the end).")
     keep_checkpoints: int = Field(2, ge=1, description="Periodic checkpoints kept (older ones are deleted).")
+    save_full: bool = Field(
+        False,
+        description=(
+            "Write full encoder weights (LoRA merged) for every modality. Off: a LoRA-trained modality initialised "
+            "from clip:/languagebind: weights is saved as its adapter plus trained extras and a reference (path "
+            "and sha256) to those base weights, which must stay where they are to load the checkpoint."
+        ),
+    )
     resume: bool = Field(False, description="Continue from the newest checkpoint in output_dir (if any).")
     init: str | dict[str, str] = Field(
         "scratch",
         description=(
-            "Encoder initialisation: 'scratch', or 'clip:PATH' (a transformers CLIP vision checkpoint folder; "
-            "position embeddings are resized to each modality's grid). A mapping sets it per modality."
+            "Encoder initialisation: 'scratch', 'clip:PATH' (a transformers CLIP vision checkpoint folder; "
+            "position embeddings are resized to each modality's grid), or 'languagebind:PATH' (a released "
+            "LanguageBind checkpoint folder of the same modality, converted on the fly: LoRA merged, logit scale "
+            "kept). A mapping sets it per modality."
         ),
     )
     num_workers: int = Field(
@@ -163,8 +174,9 @@ class TrainConfig(StrictModel):
     @classmethod
     def _check_init(cls, value: str | dict[str, str]) -> str | dict[str, str]:
         for spec in [value] if isinstance(value, str) else value.values():
-            if spec != "scratch" and not (spec.startswith("clip:") and len(spec) > 5):
-                raise ValueError(f"expected 'scratch' or 'clip:PATH', got {spec!r}")
+            kind, sep, path = spec.partition(":")
+            if spec != "scratch" and not (sep and kind in INIT_KINDS and path):
+                raise ValueError(f"expected 'scratch', 'clip:PATH' or 'languagebind:PATH', got {spec!r}")
         return value
 
 
@@ -658,17 +670,25 @@ class Trainer:
     def _setup_model(self) -> None:
         from accelerate.utils import set_seed
 
-        from lbcore.convert import load_clip_vision_into
+        from lbcore.convert import load_clip_vision_into, load_languagebind_into
 
         encoders: dict[str, nn.Module] = {}
+        init_scales: dict[str, float] = {}  # logit scales (log) that come with an initialisation
         self.param_counts: dict[str, dict[str, int]] = {}
         for index, (name, modality) in enumerate(self.modalities.items()):
             set_seed(derive_seed(self.cfg.seed, index, 0xE7C))  # each encoder's init independent of the others
             encoder = modality.build_encoder(self.embed_dim)
             init = self._init_spec(name)
-            if init.startswith("clip:"):
-                for line in load_clip_vision_into(encoder, Path(init[5:]).expanduser()):
+            kind, _, init_path = init.partition(":")
+            if kind == "clip":
+                for line in load_clip_vision_into(encoder, Path(init_path).expanduser()):
                     log.info("%s init: %s", name, line)
+            elif kind == "languagebind":
+                loaded = load_languagebind_into(encoder, modality, Path(init_path).expanduser())
+                for line in loaded.report:
+                    log.info("%s init: %s", name, line)
+                if loaded.logit_scale is not None:
+                    init_scales[name] = loaded.logit_scale  # continue from the release's temperature too
             counts = apply_lora(encoder, modality.config, where=f"modalities.{name}.")
             checkpointing = self.cfg.grad_checkpointing
             if checkpointing is not None:
@@ -690,6 +710,7 @@ class Trainer:
             self.plan.anchor,
             encoders,
             self.modalities,
+            init_scales,
             anchor_fingerprint=self.anchor_fingerprint,
             embed_dim=self.embed_dim,
         )
@@ -759,6 +780,35 @@ class Trainer:
             "failures": {n: b.failures for n, b in self.budgets.items()},
         }
 
+    def _adapter_modalities(self) -> list[str]:
+        """The modalities whose checkpoint weights are LoRA adapter + trained extras + base reference: those
+        trained with LoRA from a base that loads back to exactly their frozen weights, unless ``train.save_full``.
+        The others are saved in full. Decided on the first save (the base is frozen) and logged once."""
+        plan = getattr(self, "_adapter_plan", None)
+        if plan is not None:
+            return plan
+        plan = []
+        for name, modality in self.modalities.items():
+            if self.cfg.save_full or modality.config.lora.rank <= 0:
+                continue
+            init = self._init_spec(name)
+            source = base_reference(init)
+            if source is None:
+                log.info(
+                    "%s: LoRA on an encoder initialised from %r: no base to refer to, saving full weights", name, init
+                )
+                continue
+            self.model.base_sources[name] = source
+            try:
+                self.model.verify_base(name)
+            except CheckpointError as err:
+                log.warning("%s: saving full weights instead of the LoRA adapter: %s", name, err)
+                continue
+            log.info("%s: checkpoints hold the LoRA adapter and trained extras; base weights: %s", name, source)
+            plan.append(name)
+        self._adapter_plan: list[str] = plan
+        return plan
+
     def _save(self, name: str, step: int) -> Path:
         from safetensors.torch import save_file
 
@@ -783,7 +833,7 @@ class Trainer:
                     "manifests": {n: str(p) for n, p in self.manifests.items()},
                 }
             }
-            self.model.write_files(tmp, extra)
+            self.model.write_files(tmp, extra, adapter_only=self._adapter_modalities())
         acc.save_state(str(tmp / TRAIN_STATE_DIR), safe_serialization=True)
         if acc.is_main_process:
             state_dir = tmp / TRAIN_STATE_DIR

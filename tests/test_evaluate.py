@@ -86,3 +86,24 @@ def test_zero_shot_logits_are_100_cosine_and_fusion_averages() -> None:
     logits = zero_shot_logits(f, p)
     assert torch.allclose(logits, torch.tensor([[60.0, 80.0]]))
     assert torch.allclose(fuse_logits(logits, torch.zeros_like(logits)), torch.tensor([[30.0, 40.0]]))
+
+
+def test_checkpoint_digest_covers_weights_and_adapter_bases(tmp_path) -> None:
+    import hashlib
+    import json
+
+    from lbcore.checkpoint import FORMAT, FORMAT_VERSION, META_FILE
+    from lbcore.evaluate import checkpoint_digest
+
+    (tmp_path / "depth.safetensors").write_bytes(b"weights")
+    meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "anchor": {}, "modalities": {"depth": {}}}
+    (tmp_path / META_FILE).write_text(json.dumps(meta))
+    full = checkpoint_digest(tmp_path)
+    line = f"depth.safetensors\0{hashlib.sha256(b'weights').hexdigest()}\n"
+    assert full["sha256"] == hashlib.sha256(line.encode()).hexdigest() and "bases" not in full
+    for base in ("a" * 64, "b" * 64):  # same adapter file, different base weights -> different digest
+        meta["modalities"]["depth"] = {"base": {"source": "clip:/x", "sha256": base}}
+        (tmp_path / META_FILE).write_text(json.dumps(meta))
+        got = checkpoint_digest(tmp_path)
+        assert got["bases"] == {"depth": base}
+        assert got["sha256"] == hashlib.sha256((line + f"base:depth\0{base}\n").encode()).hexdigest()

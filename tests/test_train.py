@@ -419,6 +419,7 @@ def test_init_from_a_clip_vision_checkpoint_with_lora(fk: Any, anchor_dir: Path,
     clip.save_pretrained(tmp_path / "clip")
     cfg = run_config(anchor_dir, tmp_path / "run", {"img": fk.write_images(tmp_path / "data", 8)}, max_steps=2)
     cfg["train"]["init"] = f"clip:{tmp_path / 'clip'}"
+    cfg["train"]["save_full"] = True  # full merged weights, so the frozen parts can be compared with CLIP's
     final = lbcore.train(cfg)
     got = weights(final / "img.safetensors")
     emb = clip.vision_model.embeddings

@@ -1,0 +1,7 @@
+from lbind_image.modality import ImageModality
+
+from lbcore.testing import ModalityContract
+
+
+class TestImageContract(ModalityContract):
+    modality_cls = ImageModality
