@@ -161,7 +161,7 @@ def validate(file: str) -> None:
 @click.option("--seed", type=int, help="Run seed.")
 @click.option("--save-every", type=int, help="Checkpoint every N steps (0: only at the end).")
 @click.option("--resume", is_flag=True, help="Continue from the newest checkpoint in the run folder.")
-@click.option("--init", "init", help="Encoder initialisation: scratch or clip:PATH.")
+@click.option("--init", "init", help="Encoder initialisation: scratch, clip:PATH or languagebind:PATH.")
 @click.option("--num-workers", type=int, help="DataLoader workers per process.")
 @click.option("--mixed-precision", type=click.Choice(["auto", "no", "bf16", "fp16"]), help="Autocast precision.")
 @click.option("--tensorboard", is_flag=True, default=None, help="Log TensorBoard scalars in the run folder.")
