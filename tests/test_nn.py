@@ -262,7 +262,8 @@ def reference_resize(pos: torch.Tensor, old: tuple[int, int], new: tuple[int, in
     d = pos.shape[-1]
     # [1 + gh*gw, D] -> [1, D, gh, gw]
     grid = pos[1:].reshape(old[0], old[1], d).permute(2, 0, 1).unsqueeze(0)
-    out = F.interpolate(grid, size=new, mode="bicubic", align_corners=False, antialias=False)
+    # antialias=True as LanguageBind resized the CLIP grid for audio (and OpenCLIP resize_pos_embed)
+    out = F.interpolate(grid, size=new, mode="bicubic", align_corners=False, antialias=True)
     # [1, D, gh', gw'] -> [gh'*gw', D]
     out = out[0].permute(1, 2, 0).reshape(new[0] * new[1], d)
     return torch.cat([pos[:1], out])

@@ -62,12 +62,13 @@ def resize_position_embedding(
     new_grid: Sequence[int],
     old_grid: Sequence[int] | None = None,
     num_prefix_tokens: int = 1,
-    antialias: bool = False,
+    antialias: bool = True,
 ) -> torch.Tensor:
     """Resize a [1 + N, D] (or [1, 1 + N, D]) absolute position embedding bicubically to a new grid.
 
-    The class token's embedding is kept as is. ``old_grid`` defaults to a square grid. Antialiasing is off
-    by default, matching how CLIP-family checkpoints (and LanguageBind's audio tower) were resized.
+    The class token's embedding is kept as is. ``old_grid`` defaults to a square grid. Antialiasing is on by
+    default, as in LanguageBind's resize of the CLIP grid to the audio grid (16x16 -> 9x74 shrinks the mel
+    axis) and OpenCLIP's ``resize_pos_embed``.
     """
     if pos.dim() not in (2, 3) or (pos.dim() == 3 and pos.shape[0] != 1):
         raise ValueError(f"position embedding must be [P + N, D] or [1, P + N, D], got {tuple(pos.shape)}")
