@@ -552,3 +552,44 @@ def test_a_malicious_pickle_is_refused_and_never_runs(tmp_path: Path, payload: t
         load_clip_vision_into(lbcore.get_modality("depth").build_encoder(EMBED), src)
     assert not marker.exists()
     assert not (tmp_path / "out").exists()
+
+
+def test_converted_image_and_depth_share_one_space_for_emergent_retrieval(tmp_path: Path) -> None:
+    """Image + Depth releases of one version -> one directory; `lbind eval --emergent` ranks depth maps against
+    images through the shared space, as an independent cosine ranking of the converted embeddings does."""
+    if not image_installed():
+        pytest.skip("the image plugin is not installed")
+    from PIL import Image
+
+    from lbcore.cli import cli
+
+    base = tiny_clip(11)
+    depth_src = write_release(tmp_path / "LanguageBind_Depth", base, "LanguageBindDepth", {"max_depth": 10.0})
+    image = tiny_clip(12)
+    image.load_state_dict({k: v for k, v in base.state_dict().items() if k.startswith("text_")}, strict=False)
+    image_src = write_release(tmp_path / "LanguageBind_Image", image, "LanguageBindImage")
+    out = tmp_path / "lb"
+    assert CliRunner().invoke(convert, ["languagebind", str(image_src), str(depth_src), "-o", str(out)]).exit_code == 0
+
+    data = tmp_path / "pairs"
+    data.mkdir()
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(4):  # each scene: an RGB picture and a depth map (16-bit millimetres) of different content
+        Image.fromarray(rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)).save(data / f"rgb{i}.png")
+        Image.fromarray(rng.integers(300, 9000, (40, 48), dtype=np.uint16)).save(data / f"depth{i}.png")
+        rows.append(json.dumps({"image": f"rgb{i}.png", "depth": f"depth{i}.png"}))
+    (data / "pairs.jsonl").write_text("\n".join(rows) + "\n")
+    card = tmp_path / "card.json"
+    args = ["eval", "-c", str(out), "-m", "image", "--emergent", "depth", "--data", str(data / "pairs.jsonl")]
+    result = CliRunner().invoke(cli, [*args, "-o", str(card), "--no-plot", "--num-workers", "0"])
+    assert result.exit_code == 0, result.output
+    metrics = json.loads(card.read_text())["metrics"]
+
+    model = lbcore.load(out)
+    rgb = model.embed("image", [data / f"rgb{i}.png" for i in range(4)])
+    dep = model.embed("depth", [data / f"depth{i}.png" for i in range(4)])
+    sim = torch.nn.functional.normalize(rgb, dim=-1) @ torch.nn.functional.normalize(dep, dim=-1).t()
+    ranks = (sim > sim.diagonal()[:, None]).sum(1) + 1  # rank of each image's own depth map among all four
+    assert metrics["image_to_depth_R@1"] == pytest.approx(100 * (ranks == 1).float().mean().item())
+    assert metrics["image_to_depth_mean_rank"] == pytest.approx(ranks.float().mean().item())
