@@ -100,3 +100,10 @@ def fakes(fake_site: Path) -> SimpleNamespace:
         eps=fake_eps,
         site=fake_site,
     )
+
+
+@pytest.fixture(scope="session")
+def plugin_dist():
+    """``plugin_dist(root, dist, module, source)`` writes a fake installed plugin distribution into ``root``
+    (put ``root`` on sys.path, or PYTHONPATH for subprocesses, to install it)."""
+    return write_dist

@@ -126,14 +126,10 @@ def register_modalities(register):
 
 
 @pytest.fixture(scope="session")
-def vec_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def vec_site(tmp_path_factory: pytest.TempPathFactory, plugin_dist: Any) -> Path:
     """The fake plugin module and a dist-info declaring its ``lbind`` entry point."""
     root = tmp_path_factory.mktemp("vecsite")
-    (root / f"{PLUGIN}.py").write_text(PLUGIN_SOURCE)
-    info = root / f"{PLUGIN}-0.1.dist-info"
-    info.mkdir()
-    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {PLUGIN.replace('_', '-')}\nVersion: 0.1\n")
-    (info / "entry_points.txt").write_text(f"[lbind]\n{PLUGIN} = {PLUGIN}\n")
+    plugin_dist(root, PLUGIN.replace("_", "-"), PLUGIN, PLUGIN_SOURCE)
     return root
 
 

@@ -160,14 +160,10 @@ def register_modalities(register):
 
 # ------------------------------------------------------------------------------------------------- fixtures
 @pytest.fixture(scope="session")
-def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def site(tmp_path_factory: pytest.TempPathFactory, plugin_dist: Any) -> Path:
     """A folder with the fake plugin module and a dist-info that declares its ``lbind`` entry point."""
     root = tmp_path_factory.mktemp("trainsite")
-    (root / f"{PLUGIN}.py").write_text(PLUGIN_SOURCE)
-    info = root / f"{PLUGIN}-0.3.dist-info"
-    info.mkdir()
-    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {PLUGIN.replace('_', '-')}\nVersion: 0.3\n")
-    (info / "entry_points.txt").write_text(f"[lbind]\n{PLUGIN} = {PLUGIN}\n")
+    plugin_dist(root, PLUGIN.replace("_", "-"), PLUGIN, PLUGIN_SOURCE)
     return root
 
 
