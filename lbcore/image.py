@@ -24,6 +24,7 @@ from torchvision.transforms import InterpolationMode
 from lbcore.config import ImageConfig
 from lbcore.data import write_manifest
 from lbcore.errors import ConfigError, InputError, check_media_file
+from lbcore.modality import Modality
 from lbcore.nn import PatchStem2d
 
 log = logging.getLogger(__name__)
@@ -262,3 +263,19 @@ def resize_crop_normalize(
 def image_stem(cfg: ImageConfig) -> PatchStem2d:
     """The patch stem for a square ``image_size`` input with ``in_chans`` channels."""
     return PatchStem2d(cfg.in_chans, cfg.encoder.width, cfg.encoder.patch_size, (cfg.image_size, cfg.image_size))
+
+
+class ImageLikeModality(Modality):
+    """Base of image-like modalities: RGB preprocessing (:func:`load_rgb` then :func:`resize_crop_normalize`)
+    and the square-crop patch stem. A plugin sets ``name``, ``Config`` (an :class:`ImageConfig`), ``presets``,
+    ``templates`` and ``example_input``; it overrides :meth:`preprocess` when its pixels mean something else
+    (depth in millimetres, video frames)."""
+
+    Config = ImageConfig
+
+    def preprocess(self, item: Any, train: bool = False) -> torch.Tensor:
+        """An image file or pixel array (H x W or H x W x C) -> [3, S, S]."""
+        return resize_crop_normalize(load_rgb(item), self.config, train=train)
+
+    def build_stem(self) -> PatchStem2d:
+        return image_stem(self.config)

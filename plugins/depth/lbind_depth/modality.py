@@ -11,9 +11,7 @@ import torch
 from pydantic import Field, model_validator
 
 from lbcore.config import ImageConfig
-from lbcore.image import image_stem, is_path, normalize, resize_crop
-from lbcore.modality import Modality
-from lbcore.nn import PatchStem2d
+from lbcore.image import ImageLikeModality, is_path, normalize, resize_crop
 from lbcore.templates import imagenet_templates
 from lbind_depth.encoding import DepthEncoding, decode_depth, read_depth_file
 
@@ -63,7 +61,7 @@ class DepthConfig(ImageConfig):
         return self
 
 
-class DepthModality(Modality):
+class DepthModality(ImageLikeModality):
     name = "depth"
     Config = DepthConfig
     presets: ClassVar = {"languagebind": LANGUAGEBIND, "demo": DEMO}
@@ -90,9 +88,6 @@ class DepthModality(Modality):
         rows = np.linspace(0.0, 1.0, 72)[:, None]
         plane = 1500 + 4000 * rows * rng.uniform(0.5, 1.5) + np.zeros((1, 96))
         return (plane + rng.normal(0, 30, plane.shape)).clip(1, 65535).astype(np.uint16)
-
-    def build_stem(self) -> PatchStem2d:
-        return image_stem(self.config)
 
     def dataset_readers(self) -> Mapping[str, Callable[..., Any]]:
         from lbind_depth.readers import read_nyud, read_nyud_json

@@ -7,13 +7,10 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
-import torch
 from pydantic import Field
 
 from lbcore.config import ImageConfig
-from lbcore.image import image_stem, load_rgb, resize_crop_normalize
-from lbcore.modality import Modality
-from lbcore.nn import PatchStem2d
+from lbcore.image import ImageLikeModality
 from lbcore.templates import IMAGENET_TEMPLATES
 
 # LanguageBind_Image is OpenCLIP's ViT-L/14 (DataComp-XL) image tower, used as it is: LanguageBind never trained
@@ -51,17 +48,13 @@ class RGBConfig(ImageConfig):
     )
 
 
-class ImageModality(Modality):
+class ImageModality(ImageLikeModality):
     name = "image"
     Config = RGBConfig
     presets: ClassVar = {"languagebind": LANGUAGEBIND, "demo": DEMO}
     templates = IMAGENET_TEMPLATES
     description = "RGB images (CLIP preprocessing; LanguageBind_Image is a plain CLIP vision tower)"
     config: RGBConfig
-
-    def preprocess(self, item: Any, train: bool = False) -> torch.Tensor:
-        """An image file or pixel array (H x W or H x W x C) -> [3, S, S]."""
-        return resize_crop_normalize(load_rgb(item), self.config, train=train)
 
     def example_input(self, seed: int = 0) -> np.ndarray:
         """A 72 x 88 uint8 RGB picture: a coloured disc on a tinted, noisy background."""
@@ -71,9 +64,6 @@ class ImageModality(Modality):
         disc = ((y - cy) ** 2 + (x - cx) ** 2 < r**2)[..., None]  # [H, W, 1]
         background = rng.uniform(60, 200, 3) + rng.normal(0, 10, (72, 88, 3))
         return np.where(disc, rng.uniform(0, 255, 3), background).clip(0, 255).astype(np.uint8)
-
-    def build_stem(self) -> PatchStem2d:
-        return image_stem(self.config)
 
     def dataset_readers(self) -> Mapping[str, Callable[..., Any]]:
         from lbind_image.readers import read_imagefolder

@@ -7,12 +7,9 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
-import torch
 
 from lbcore.config import ImageConfig
-from lbcore.image import image_stem, load_rgb, resize_crop_normalize
-from lbcore.modality import Modality
-from lbcore.nn import PatchStem2d
+from lbcore.image import ImageLikeModality
 from lbcore.templates import IMAGENET_TEMPLATES
 
 LANGUAGEBIND = {
@@ -38,17 +35,13 @@ class InfraredConfig(ImageConfig):
     [0, 1] (grey repeated, alpha dropped, 16-bit divided by 65535), then resized, cropped and normalised."""
 
 
-class InfraredModality(Modality):
+class InfraredModality(ImageLikeModality):
     name = "infrared"
     Config = InfraredConfig
     presets: ClassVar = {"languagebind": LANGUAGEBIND, "demo": DEMO}
     templates = IMAGENET_TEMPLATES
     description = "Thermal (infrared) images, any channel count or bit depth"
     config: InfraredConfig
-
-    def preprocess(self, item: Any, train: bool = False) -> torch.Tensor:
-        """An image file or pixel array (H x W or H x W x C) -> [3, S, S]."""
-        return resize_crop_normalize(load_rgb(item), self.config, train=train)
 
     def example_input(self, seed: int = 0) -> np.ndarray:
         """An 80 x 96 uint8 greyscale frame: a warm blob on a cool noisy background."""
@@ -57,9 +50,6 @@ class InfraredModality(Modality):
         cy, cx = rng.uniform(20, 60), rng.uniform(20, 76)
         blob = 150 * np.exp(-((y - cy) ** 2 + (x - cx) ** 2) / (2 * 12.0**2))
         return (60 + blob + rng.normal(0, 8, blob.shape)).clip(0, 255).astype(np.uint8)
-
-    def build_stem(self) -> PatchStem2d:
-        return image_stem(self.config)
 
     def dataset_readers(self) -> Mapping[str, Callable[..., Any]]:
         from lbind_infrared.readers import read_flir, read_llvip

@@ -14,8 +14,7 @@ from torch import nn
 
 from lbcore.config import EncoderConfig, ImageConfig
 from lbcore.datasets import EvalDataset
-from lbcore.image import image_stem, resize_crop_normalize
-from lbcore.modality import Modality
+from lbcore.image import ImageLikeModality, resize_crop_normalize
 from lbcore.nn import SpaceTimeEncoder, temporal_lora_targets
 from lbcore.templates import imagenet_templates
 from lbind_video.frames import frames_to_float, is_path, read_video_frames, sample_array_frames
@@ -98,7 +97,7 @@ class VideoConfig(ImageConfig):
         return self
 
 
-class VideoModality(Modality):
+class VideoModality(ImageLikeModality):
     name = "video"
     Config = VideoConfig
     presets: ClassVar = {"languagebind": LANGUAGEBIND, "demo": DEMO}
@@ -131,9 +130,6 @@ class VideoModality(Modality):
         """A random clip of 10 frames of 48 x 64 RGB (uint8)."""
         rng = np.random.default_rng(seed)
         return rng.integers(0, 256, size=(10, 48, 64, 3), dtype=np.uint8)
-
-    def build_stem(self) -> nn.Module:
-        return image_stem(self.config)
 
     def build_encoder(self, embed_dim: int) -> nn.Module:
         cfg = self.config
