@@ -180,9 +180,12 @@ def test_depth_release_matches_transformers_clip(tmp_path: Path, fmt: str) -> No
     torch.testing.assert_close(model.embed_text(TEXTS), expected_text, atol=1e-5, rtol=0)
 
 
-def test_image_release_without_the_image_plugin_is_a_clear_error(tmp_path: Path) -> None:
-    if image_installed():
-        pytest.skip("the image plugin is installed")
+def test_image_release_without_the_image_plugin_is_a_clear_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("LBIND_PLUGINS", "audio,depth,infrared,video")  # as if lbind-image were not installed
+    reset_default_registry()
+    assert not image_installed()
     src = write_release(tmp_path / "LanguageBind_Image", tiny_clip(0), "LanguageBindImage")
     with pytest.raises(ModalityNotFoundError, match=r"LanguageBindImage checkpoint converts to the 'image' modality"):
         convert_languagebind(src, tmp_path / "out")
