@@ -318,7 +318,7 @@ def _eval_progress(bar: Any) -> Any:
 
 
 def _print_card(card: dict[str, Any], card_path: Any, plot_path: Any) -> None:
-    from lbcore.evaluate import headline
+    from lbcore.cards import headline
 
     data = card["dataset"]
     about = Table(title="evaluation", show_header=False)
@@ -405,7 +405,9 @@ def evaluate_command(
     """Zero-shot evaluation of a checkpoint (no data argument: the modality's demo test split); writes a result card."""
     from pathlib import Path
 
-    from lbcore.evaluate import default_card_path, evaluate_checkpoint, write_card, write_plot
+    from lbcore.cards import default_card_path, write_card
+    from lbcore.evaluate import evaluate_checkpoint
+    from lbcore.plot import write_plot
 
     with _progress_bar("eval") as bar:
         evaluation = evaluate_checkpoint(
@@ -549,8 +551,8 @@ def similarity(
 
     from lbcore.embedding import media_similarity
     from lbcore.errors import ConfigError
-    from lbcore.evaluate import PlotData, write_plot
     from lbcore.model import load
+    from lbcore.plot import PlotData, write_plot
 
     media: list[tuple[str, str]] = [(name, f) for name, files in media_files.items() for f in files]
     for pair in pairs:
@@ -619,7 +621,7 @@ def demo(
     from rich import box
 
     from lbcore.config import read_yaml
-    from lbcore.evaluate import run_demo
+    from lbcore.showcase import run_demo
 
     config = read_yaml(config_file) if config_file else {}
     with _progress_bar("demo") as bar:

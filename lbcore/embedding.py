@@ -25,11 +25,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from lbcore.errors import CheckpointError, InputError, LbindError, ModalityNotFoundError
+from lbcore import __version__
+from lbcore.cards import checkpoint_digest
+from lbcore.checkpoint import write_json
+from lbcore.errors import CheckpointError, InputError, LbindError
+from lbcore.model import BindModel, load, modality_of
 
 if TYPE_CHECKING:
     from lbcore.modality import Modality
-    from lbcore.model import BindModel
 
 log = logging.getLogger(__name__)
 
@@ -56,15 +59,6 @@ ProgressCallback = Callable[[int, int], None]  # (inputs done, inputs in all)
 def default_workers() -> int:
     """DataLoader workers: one core left for the main process, at most 4."""
     return min(4, max((os.cpu_count() or 1) - 1, 0))
-
-
-def modality_of(model: BindModel, name: str) -> Modality:
-    """The model's configured :class:`Modality` called ``name`` (an error lists the ones it has)."""
-    if name not in model.modalities:
-        raise ModalityNotFoundError(
-            f"this model has no {name!r} encoder (it has: {', '.join(sorted(model.modalities))})"
-        )
-    return model.modalities[name]
 
 
 class UnreadableInputsError(LbindError):
@@ -362,11 +356,6 @@ def embed_job(
     logged, listed in the sidecar's ``failed`` and in the result, and the job carries on. The files are
     rewritten (atomically) every ``save_every`` new rows and at the end, also when the run is interrupted.
     """
-    from lbcore import __version__
-    from lbcore.checkpoint import write_json
-    from lbcore.evaluate import checkpoint_digest
-    from lbcore.model import load
-
     output = Path(output)
     _check_output(output)
     checkpoint = Path(checkpoint)

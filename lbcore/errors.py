@@ -67,3 +67,7 @@ def check_media_file(path: str | Path, expected: str) -> int:
     if size == 0:
         raise InputError(path, "empty file (0 bytes)", expected)
     return size
+
+
+class EvaluationError(LbindError):
+    """An evaluation was asked for something its data or its checkpoint cannot give."""

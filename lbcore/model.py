@@ -90,6 +90,15 @@ class _RecordedAnchor:
         return self._anchor.encode(texts, batch_size=batch_size)
 
 
+def modality_of(model: BindModel, name: str) -> Modality:
+    """The model's configured :class:`Modality` called ``name`` (an error lists the ones it has)."""
+    if name not in model.modalities:
+        raise ModalityNotFoundError(
+            f"this model has no {name!r} encoder (it has: {', '.join(sorted(model.modalities))})"
+        )
+    return model.modalities[name]
+
+
 class BindModel(nn.Module):
     """Encoders (one per modality) bound to a frozen text anchor's embedding space.
 
@@ -146,16 +155,9 @@ class BindModel(nn.Module):
             return p.device
         return torch.device("cpu")
 
-    def _modality(self, modality: str) -> Modality:
-        if modality not in self.modalities:
-            raise ModalityNotFoundError(
-                f"this model has no {modality!r} encoder (it has: {', '.join(sorted(self.modalities))})"
-            )
-        return self.modalities[modality]
-
     def encode(self, modality: str, batch: torch.Tensor) -> torch.Tensor:
         """A preprocessed batch -> L2-normalised float32 embeddings [B, E], differentiable."""
-        self._modality(modality)
+        modality_of(self, modality)
         return F.normalize(self.encoders[modality](batch).float(), dim=-1)
 
     def forward(self, modality: str, batch: torch.Tensor) -> torch.Tensor:
@@ -163,7 +165,7 @@ class BindModel(nn.Module):
 
     def preprocess(self, modality: str, inputs: Any) -> torch.Tensor:
         """Paths / arrays -> a batch through the modality's deterministic (eval) preprocessing."""
-        mod = self._modality(modality)
+        mod = modality_of(self, modality)
         if isinstance(inputs, (str, os.PathLike, np.ndarray)):
             items: list[Any] = [inputs]
         elif isinstance(inputs, list):
@@ -185,7 +187,7 @@ class BindModel(nn.Module):
         ``inputs``: a list of paths / arrays (preprocessed with ``train=False``), a single path or array, or an
         already preprocessed batch tensor [N, ...]. Runs without gradients, ``batch_size`` samples at a time.
         """
-        mod = self._modality(modality)
+        mod = modality_of(self, modality)
         was_training = self.training
         self.eval()
         try:
@@ -233,7 +235,7 @@ class BindModel(nn.Module):
 
     def logit_scale(self, modality: str) -> float:
         """The learned inverse temperature exp(logit_scale) of ``modality``."""
-        self._modality(modality)
+        modality_of(self, modality)
         return float(self.logit_scales[modality].value.detach().exp())
 
     # ------------------------------------------------------------------------------------------- saving
@@ -275,7 +277,7 @@ class BindModel(nn.Module):
     def base_fingerprint(self, modality: str) -> tuple[str, int]:
         """(sha256, tensor count) of the tensors an adapter-only checkpoint of ``modality`` takes from its base:
         every encoder tensor except the LoRA factors and the ``lora.trainable_extras``, unmerged."""
-        prefixes = self._modality(modality).config.lora.trainable_extras
+        prefixes = modality_of(self, modality).config.lora.trainable_extras
         base = base_encoder_state(_unwrap(self.encoders[modality]))
         _, keys = split_extras(list(base), prefixes)
         return state_sha256({k: base[k] for k in keys}), len(keys)
@@ -286,7 +288,7 @@ class BindModel(nn.Module):
         or it gives other weights (an adapter saved against it would not load back). Checked once per
         (modality, source, hash): the base is frozen during LoRA training."""
         source = self.base_sources.get(modality)
-        mod = self._modality(modality)
+        mod = modality_of(self, modality)
         if not source:
             raise CheckpointError(
                 f"{modality}: no base weights are recorded for this encoder (it was initialised from scratch, or "
@@ -325,7 +327,7 @@ class BindModel(nn.Module):
         else:
             names = [n for n in self.modalities if n in set(adapter_only)]
             for name in adapter_only:
-                self._modality(name)
+                modality_of(self, name)
         problems = []
         for name in names:
             if self.modalities[name].config.lora.rank <= 0:

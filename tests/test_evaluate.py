@@ -1,4 +1,4 @@
-"""Zero-shot metrics against values computed by hand (and AP against scikit-learn)."""
+"""Zero-shot metrics against values computed by hand (and AP against scikit-learn); result-card digests."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lbcore.evaluate import (
+from lbcore.metrics import (
     average_precision,
     class_embeddings,
     classification_metrics,
@@ -92,8 +92,8 @@ def test_checkpoint_digest_covers_weights_and_adapter_bases(tmp_path) -> None:
     import hashlib
     import json
 
+    from lbcore.cards import checkpoint_digest
     from lbcore.checkpoint import FORMAT, FORMAT_VERSION, META_FILE
-    from lbcore.evaluate import checkpoint_digest
 
     (tmp_path / "depth.safetensors").write_bytes(b"weights")
     meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "anchor": {}, "modalities": {"depth": {}}}
@@ -107,3 +107,17 @@ def test_checkpoint_digest_covers_weights_and_adapter_bases(tmp_path) -> None:
         got = checkpoint_digest(tmp_path)
         assert got["bases"] == {"depth": base}
         assert got["sha256"] == hashlib.sha256((line + f"base:depth\0{base}\n").encode()).hexdigest()
+
+
+def test_moved_names_keep_their_old_import_path_with_a_deprecation_warning() -> None:
+    import lbcore.cards
+    import lbcore.evaluate
+    import lbcore.metrics
+
+    with pytest.warns(DeprecationWarning, match=r"lbcore\.evaluate\.checkpoint_digest moved to lbcore\.cards"):
+        from lbcore.evaluate import checkpoint_digest
+    assert checkpoint_digest is lbcore.cards.checkpoint_digest
+    with pytest.warns(DeprecationWarning, match="lbcore.metrics.zero_shot_logits"):
+        assert lbcore.evaluate.zero_shot_logits is lbcore.metrics.zero_shot_logits
+    with pytest.raises(AttributeError, match="no_such_name"):
+        lbcore.evaluate.no_such_name  # noqa: B018

@@ -1,0 +1,118 @@
+"""Result cards of evaluations and the digests they record.
+
+A result card is a JSON document (see :func:`lbcore.evaluate.evaluate_checkpoint`) that names the checkpoint by
+the sha256 of its weights and the evaluated items by the sha256 of their list, so two cards can be compared
+without the files at hand.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from lbcore.checkpoint import META_FILE, read_meta, write_json
+from lbcore.datasets import EvalDataset
+from lbcore.errors import CheckpointError
+
+__all__ = [
+    "CARD_FORMAT",
+    "CARD_VERSION",
+    "checkpoint_digest",
+    "default_card_path",
+    "file_sha256",
+    "headline",
+    "items_digest",
+    "write_card",
+]
+
+CARD_FORMAT = "lbind-eval-card"
+CARD_VERSION = 1
+
+
+def file_sha256(path: str | Path) -> str:
+    """sha256 (hex) of a file's bytes, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def checkpoint_digest(directory: str | Path) -> dict[str, Any]:
+    """``{"sha256": ..., "files": {name: sha256}}`` of a checkpoint's ``*.safetensors`` files. The checkpoint's
+    sha256 is that of the lines ``<file name>\\0<file sha256>\\n`` in name order, so it changes with any weight;
+    for adapter-only modalities the recorded base-weight hashes are folded in (``bases``)."""
+    directory = Path(directory)
+    files = sorted(directory.glob("*.safetensors"))
+    if not files:
+        raise CheckpointError(f"{directory}: no .safetensors weights to hash (is this a checkpoint folder?)")
+    per_file = {f.name: file_sha256(f) for f in files}
+    lines = [f"{name}\0{sha}\n" for name, sha in per_file.items()]
+    # an adapter-only modality is only defined together with its base weights: fold their hashes in too
+    bases = {}
+    if (directory / META_FILE).is_file():
+        for name, spec in sorted(read_meta(directory)["modalities"].items()):
+            if isinstance(spec.get("base"), dict) and spec["base"].get("sha256"):
+                bases[name] = spec["base"]["sha256"]
+                lines.append(f"base:{name}\0{bases[name]}\n")
+    combined = hashlib.sha256("".join(lines).encode())
+    out: dict[str, Any] = {"sha256": combined.hexdigest(), "files": per_file}
+    if bases:
+        out["bases"] = bases
+    return out
+
+
+def _relative(path: Path, root: Path) -> str:
+    try:
+        return Path(os.path.relpath(path, root)).as_posix() if path.is_relative_to(root) else path.as_posix()
+    except ValueError:  # another drive on Windows
+        return path.as_posix()
+
+
+def items_digest(datasets: Mapping[str, EvalDataset]) -> str:
+    """sha256 of the item list: per row, each modality's path relative to its dataset root, the labels and the
+    captions. The same items under another root hash alike; any change of file, order, label or caption shows."""
+    columns = list(datasets.values())
+    rows = []
+    for n, item in enumerate(columns[0].items):
+        paths = [_relative(ds.items[n].path, ds.root) for ds in columns]
+        rows.append([paths, list(item.labels), list(item.captions)])
+    return hashlib.sha256(json.dumps(rows, ensure_ascii=False).encode("utf-8")).hexdigest()
+
+
+def default_card_path(checkpoint: str | Path, card: Mapping[str, Any]) -> Path:
+    """``<checkpoint's parent>/eval/<modality>[+fuse | -emergent]-<reader>[-<split>].json``."""
+    name = card["modality"]
+    if card.get("fuse"):
+        name += f"+{card['fuse']}"
+    if card.get("emergent"):
+        name += f"-{card['emergent']}"
+    data = card["dataset"]
+    name += f"-{data['reader']}" + (f"-{data['split']}" if data.get("split") else "")
+    safe = "".join(c if c.isalnum() or c in "+-_." else "_" for c in name)
+    return Path(checkpoint).resolve().parent / "eval" / f"{safe}.json"
+
+
+def write_card(card: Mapping[str, Any], path: str | Path) -> Path:
+    """Write a result card as indented JSON (atomically)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_json(path, dict(card))
+    return path
+
+
+def headline(card: Mapping[str, Any]) -> dict[str, float]:
+    """The few numbers a table shows for a card: top-1/top-5 (classification), mAP, or R@1/R@5/R@10 both ways."""
+    metrics = card["metrics"]
+    task = card["task"]
+    if task == "classification":
+        keys = ["top1", "top5", "mean_class_accuracy", "chance_top1"]
+    elif task == "multilabel":
+        keys = ["mAP"]
+    else:
+        keys = [k for k in metrics if "_R@" in k or k.endswith("median_rank")]
+    return {k: float(metrics[k]) for k in keys if k in metrics}
