@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from lbcore.data import default_workers
 from lbcore.errors import CheckpointError, InputError, LbindError, ModalityNotFoundError
 
 if TYPE_CHECKING:
@@ -51,11 +52,6 @@ OUTPUT_SUFFIXES = (".npy", ".safetensors")
 SAFETENSORS_KEY = "embeddings"
 
 ProgressCallback = Callable[[int, int], None]  # (inputs done, inputs in all)
-
-
-def default_workers() -> int:
-    """DataLoader workers: one core left for the main process, at most 4."""
-    return min(4, max((os.cpu_count() or 1) - 1, 0))
 
 
 def modality_of(model: BindModel, name: str) -> Modality:
