@@ -913,7 +913,8 @@ def run_demo(
     from lbcore import __version__
     from lbcore.checkpoint import read_meta, write_json
     from lbcore.plugins import default_registry
-    from lbcore.train import resolve_config, train
+    from lbcore.runconfig import resolve_config
+    from lbcore.trainer import train
 
     started = time.perf_counter()
     output = Path(output)
