@@ -1,7 +1,7 @@
 """Training-step throughput and peak memory: lbind's step vs. an upstream-style step that runs the text encoder.
 
 Both steps train the same modality encoder with the same loss, optimiser and batch through
-:class:`lbcore.train.ContrastiveEngine`; the only difference is where the caption embeddings come from:
+:class:`lbcore.engine.ContrastiveEngine`; the only difference is where the caption embeddings come from:
 
 * ``lbind``: a table precomputed once through the text-embedding cache (the anchor is released before training);
 * ``baseline``: the frozen text encoder (the packaged MiniLM) encodes the batch's captions at every step, as
@@ -82,9 +82,10 @@ def child(size: str, variant: str, batch: int, steps: int, warmup: int, cache_di
     from lbcore.anchor import Anchor, TextEmbeddingCache
     from lbcore.config import AnchorConfig, EncoderConfig, ModalityConfig
     from lbcore.data import Batch
+    from lbcore.engine import ContrastiveEngine
     from lbcore.model import BindModel
     from lbcore.nn import PatchStem2d, ViTEncoder
-    from lbcore.train import ContrastiveEngine, build_optimizer
+    from lbcore.optim import build_optimizer
 
     spec = SIZES[size]
     acc = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision="bf16" if torch.cuda.is_available() else "no")

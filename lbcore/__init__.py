@@ -19,14 +19,14 @@ _LAZY = {
     "Modality": ("lbcore.modality", "Modality"),
     "BindModel": ("lbcore.model", "BindModel"),
     "load": ("lbcore.model", "load"),
-    "train": ("lbcore.train", "train"),
+    "train": ("lbcore.trainer", "train"),
 }
 
 if TYPE_CHECKING:
     from lbcore.modality import Modality
     from lbcore.model import BindModel, load
     from lbcore.plugins import get_modality, list_modalities
-    from lbcore.train import train
+    from lbcore.trainer import train
 
 
 def __getattr__(name: str) -> Any:

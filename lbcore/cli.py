@@ -141,10 +141,45 @@ def show(modality: str, preset: str | None) -> None:
 @click.argument("file", type=click.Path(dir_okay=False))
 def validate(file: str) -> None:
     """Validate a run config FILE; every bad field is reported with its exact path."""
-    from lbcore.config import load_run_config
+    from lbcore.runconfig import load_run_config
 
     run, mods = load_run_config(file)
     console.print(f"[green]{file}: valid[/] (anchor {run.anchor.name}; modalities: {', '.join(mods) or 'none'})")
+
+
+def _train_bar() -> Any:
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    return Progress(
+        TextColumn("[bold]train[/]"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("loss {task.fields[loss]}"),
+        TextColumn("{task.fields[speed]} samples/s"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=err_console,
+    )
+
+
+def _train_summary(m: dict[str, Any]) -> Table:
+    table = Table(title="training summary", show_header=False)
+    table.add_row("checkpoint", str(m["output"]))
+    table.add_row("steps", f"{m['steps']} ({m['steps_this_run']} this run, {m['epochs']:g} epochs)")
+    table.add_row("time", f"{m['wall_s']:.1f} s, {m['samples_per_s']:.1f} samples/s")
+    for name, loss in m["final_loss"].items():
+        shown = f"loss {loss:.4f}, " if loss is not None else ""
+        table.add_row(name, f"{shown}temperature 1/{m['logit_scale'][name]:.1f}")
+    skipped = sum(len(v) for v in m["skipped_files"].values())
+    table.add_row("skipped files", str(skipped))
+    return table
 
 
 @cli.command()
@@ -177,61 +212,18 @@ def train(
     **flags: Any,
 ) -> None:
     """Train modality encoders against the frozen anchor (no --data: the demo preset on the demo dataset)."""
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
     from lbcore.config import read_yaml
-    from lbcore.errors import ConfigError
-    from lbcore.train import TrainEvent, resolve_config
-    from lbcore.train import train as run_training
+    from lbcore.runconfig import apply_overrides, resolve_config
+    from lbcore.trainer import TrainEvent
+    from lbcore.trainer import train as run_training
 
     raw = read_yaml(config_file) if config_file else {}
-    specs = raw.setdefault("modalities", {}) or {}
-    raw["modalities"] = specs
-    section = raw.setdefault("train", {}) or {}
-    raw["train"] = section
-    for name in modality_names:
-        specs.setdefault(name, {})
-    names = list(specs)
-    manifests = dict(section.get("data") or {})
-    for item in data:
-        name, sep, path = item.partition("=")
-        if sep and name in names:
-            manifests[name] = path
-        elif len(names) == 1:
-            manifests[names[0]] = item
-        else:
-            raise ConfigError(f"--data {item!r}: with several modalities write MODALITY=PATH ({', '.join(names)})")
-    if manifests:
-        section["data"] = manifests
-    for name in modality_names:
-        if preset:
-            specs[name]["preset"] = preset
-    optim = {k: v for k, v in (("batch_size", flags.pop("batch_size")), ("lr", flags.pop("lr"))) if v is not None}
-    if optim:
-        for name in names:
-            specs[name] = {**specs[name], "optim": {**(specs[name].get("optim") or {}), **optim}}
-    if output:
-        section["output_dir"] = output
-    section.update({k: v for k, v in flags.items() if v is not None and v is not False})
-    plan = resolve_config(raw, source=config_file or "")
-
-    bar = Progress(
-        TextColumn("[bold]train[/]"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("loss {task.fields[loss]}"),
-        TextColumn("{task.fields[speed]} samples/s"),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        console=err_console,
+    merged = apply_overrides(
+        raw, modalities=modality_names, data=data, output=output, preset=preset, source=config_file or "", **flags
     )
+    plan = resolve_config(merged, source=config_file or "")
+
+    bar = _train_bar()
     task: list[Any] = []
 
     def on_event(event: TrainEvent) -> None:
@@ -254,16 +246,7 @@ def train(
             bar.console.print(f"[dim]{event.message}[/]")
         elif event.kind == "end":
             bar.stop()
-            table = Table(title="training summary", show_header=False)
-            table.add_row("checkpoint", str(m["output"]))
-            table.add_row("steps", f"{m['steps']} ({m['steps_this_run']} this run, {m['epochs']:g} epochs)")
-            table.add_row("time", f"{m['wall_s']:.1f} s, {m['samples_per_s']:.1f} samples/s")
-            for name, loss in m["final_loss"].items():
-                shown = f"loss {loss:.4f}, " if loss is not None else ""
-                table.add_row(name, f"{shown}temperature 1/{m['logit_scale'][name]:.1f}")
-            skipped = sum(len(v) for v in m["skipped_files"].values())
-            table.add_row("skipped files", str(skipped))
-            console.print(table)
+            console.print(_train_summary(m))
 
     try:
         run_training(plan, progress=on_event)

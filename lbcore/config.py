@@ -2,7 +2,8 @@
 
 A modality's config is its plugin's subclass of :class:`ModalityConfig`. A run config (what ``lbind train``
 reads) names the anchor, the training loop settings and, per modality, a preset plus overrides; it is
-validated in two steps because the modality's own config class is only known once plugins are loaded.
+validated in two steps because the modality's own config class is only known once plugins are loaded (see
+:mod:`lbcore.runconfig`).
 """
 
 from __future__ import annotations
@@ -139,7 +140,7 @@ class RunConfig(StrictModel):
     )
     train: dict[str, Any] = Field(
         default_factory=dict,
-        description="Training-loop settings (see lbcore.train.TrainConfig: output_dir, data, max_steps, ...).",
+        description="Training-loop settings (see lbcore.runconfig.TrainConfig: output_dir, data, max_steps, ...).",
     )
 
 
@@ -202,41 +203,3 @@ def default_cache_dir() -> Path:
 
     env = os.environ.get("LBIND_CACHE")
     return Path(env).expanduser() if env else Path.home() / ".cache" / "lbind"
-
-
-def validate_run_config(data: Any, source: str = "") -> tuple[RunConfig, dict[str, ModalityConfig]]:
-    """Validate a run config mapping in two steps: the top level, then each modality entry against its
-    plugin's config model (preset merged with overrides). Errors name the exact field path."""
-    from lbcore.plugins import default_registry
-
-    run = validate_model(RunConfig, data, source=source)
-    if run.train:
-        from lbcore.train import TrainConfig  # late: lbcore.train imports this module
-
-        validate_model(TrainConfig, run.train, prefix=("train",), source=source)
-    modality_configs: dict[str, ModalityConfig] = {}
-    problems = []
-    for name, spec in run.modalities.items():
-        spec = dict(spec)
-        preset = spec.pop("preset", None)
-        try:
-            cls = default_registry().registered(name).cls
-            base = cls.presets.get(preset or cls.default_preset)
-            if base is None:
-                raise ConfigError(
-                    f"{source + ': ' if source else ''}modalities.{name}.preset: unknown preset {preset!r}; "
-                    f"available: {', '.join(sorted(cls.presets))}"
-                )
-            modality_configs[name] = validate_model(
-                cls.Config, deep_merge(base, spec), prefix=("modalities", name), source=source
-            )
-        except ConfigError as err:
-            problems.append(str(err))
-    if problems:
-        raise ConfigError("\n".join(problems))
-    return run, modality_configs
-
-
-def load_run_config(path: str | Path) -> tuple[RunConfig, dict[str, ModalityConfig]]:
-    """Read and validate a YAML run config file."""
-    return validate_run_config(read_yaml(path), source=str(path))

@@ -14,6 +14,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -21,6 +22,11 @@ from pathlib import Path
 from typing import Any
 
 from lbcore.errors import LbindError
+
+
+def default_workers() -> int:
+    """DataLoader workers: one core left for the main process, at most 4."""
+    return min(4, max((os.cpu_count() or 1) - 1, 0))
 
 
 class ManifestError(LbindError):

@@ -28,6 +28,7 @@ import torch
 from lbcore import __version__
 from lbcore.cards import checkpoint_digest
 from lbcore.checkpoint import write_json
+from lbcore.data import default_workers
 from lbcore.errors import CheckpointError, InputError, LbindError
 from lbcore.model import BindModel, load, modality_of
 
@@ -54,11 +55,6 @@ OUTPUT_SUFFIXES = (".npy", ".safetensors")
 SAFETENSORS_KEY = "embeddings"
 
 ProgressCallback = Callable[[int, int], None]  # (inputs done, inputs in all)
-
-
-def default_workers() -> int:
-    """DataLoader workers: one core left for the main process, at most 4."""
-    return min(4, max((os.cpu_count() or 1) - 1, 0))
 
 
 class UnreadableInputsError(LbindError):

@@ -7,7 +7,8 @@ anchor is loaded lazily, on the first cache miss, and must have the fingerprint 
 Encoder weights are saved in full (LoRA merged), or, for LoRA-trained modalities with ``adapter_only``, as the
 adapter plus the trained extras and a reference to the base weights (``base_sources``: ``clip:PATH`` or
 ``lbind:DIR``) with the base's sha256; loading rebuilds the base, checks its hash and merges the adapter (see
-:mod:`lbcore.checkpoint`). A scratch-initialised encoder has no base to point to, so it is always saved in full.
+:mod:`lbcore.checkpoint` and :mod:`lbcore.lora`). A scratch-initialised encoder has no base to point to, so it is
+always saved in full.
 """
 
 from __future__ import annotations
@@ -27,22 +28,24 @@ from lbcore.checkpoint import (
     ADAPTER_FORMAT_VERSION,
     FORMAT,
     FULL_FORMAT_VERSION,
-    LORA_A,
-    LORA_B,
     META_FILE,
-    adapter_state,
     atomic_dir,
-    base_encoder_state,
-    export_encoder_state,
-    lora_layers,
-    merge_adapter,
     read_meta,
-    split_extras,
     state_sha256,
     write_json,
 )
 from lbcore.config import AnchorConfig, validate_model
 from lbcore.errors import AnchorError, CheckpointError, InputError, ModalityNotFoundError
+from lbcore.lora import (
+    LORA_A,
+    LORA_B,
+    adapter_state,
+    base_encoder_state,
+    export_encoder_state,
+    lora_layers,
+    merge_adapter,
+    split_extras,
+)
 from lbcore.loss import LogitScale
 from lbcore.modality import Modality
 

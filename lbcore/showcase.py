@@ -22,7 +22,8 @@ from lbcore.evaluate import Evaluation, ProgressCallback, evaluate_checkpoint
 from lbcore.modality import Modality
 from lbcore.plot import write_plot
 from lbcore.plugins import default_registry
-from lbcore.train import resolve_config, train
+from lbcore.runconfig import resolve_config
+from lbcore.trainer import train
 
 __all__ = ["DEMO_MIN_TOP1", "run_demo"]
 

@@ -20,15 +20,15 @@ import torch
 
 import lbcore
 from lbcore import hookimpl
-from lbcore.checkpoint import LORA_A, LORA_B, adapter_state, base_encoder_state, state_sha256
+from lbcore.checkpoint import state_sha256
 from lbcore.config import AnchorConfig, ModalityConfig
 from lbcore.data import write_manifest
 from lbcore.errors import CheckpointError
+from lbcore.lora import LORA_A, LORA_B, adapter_state, apply_lora, base_encoder_state
 from lbcore.modality import Modality
 from lbcore.model import BindModel, base_reference
 from lbcore.nn import PatchStem2d
 from lbcore.plugins import default_registry
-from lbcore.train import apply_lora
 
 EMBED = 16
 SIDE = 16  # input side: a 2 x 2 grid of 8-pixel patches

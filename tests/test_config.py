@@ -10,9 +10,10 @@ import yaml
 from click.testing import CliRunner
 
 from lbcore.cli import cli
-from lbcore.config import AnchorConfig, EncoderConfig, ModalityConfig, RunConfig, deep_merge, load_run_config
+from lbcore.config import AnchorConfig, EncoderConfig, ModalityConfig, RunConfig, deep_merge
 from lbcore.errors import ConfigError
 from lbcore.plugins import reset_default_registry
+from lbcore.runconfig import load_run_config
 
 
 @pytest.fixture

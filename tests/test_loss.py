@@ -9,8 +9,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from lbcore.engine import gather_rows
 from lbcore.loss import LOGIT_SCALE_INIT, LOGIT_SCALE_MAX, LogitScale, contrastive_loss
-from lbcore.train import gather_rows
 
 
 def reference_loss(x: np.ndarray, t: np.ndarray, scale: float) -> float:

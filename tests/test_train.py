@@ -221,7 +221,7 @@ def expected_factor(step: int, warmup: int, total: int) -> float:
 
 
 def test_each_group_keeps_its_own_learning_rate_through_the_schedule(fk: Any) -> None:
-    from lbcore.train import build_optimizer, build_scheduler
+    from lbcore.optim import build_optimizer, build_scheduler
 
     model = tiny_model(fk, ("sig", "sig2"))
     total = 20
@@ -244,7 +244,7 @@ def test_each_group_keeps_its_own_learning_rate_through_the_schedule(fk: Any) ->
 
 
 def test_no_weight_decay_on_1d_params_embeddings_and_logit_scale(fk: Any) -> None:
-    from lbcore.train import parameter_groups
+    from lbcore.optim import parameter_groups
 
     model = tiny_model(fk)
     groups = parameter_groups(model)
@@ -262,14 +262,15 @@ def test_no_weight_decay_on_1d_params_embeddings_and_logit_scale(fk: Any) -> Non
 
 
 def test_unknown_lr_multiplier_is_a_config_error(fk: Any) -> None:
-    from lbcore.train import parameter_groups
+    from lbcore.optim import parameter_groups
 
     with pytest.raises(ConfigError, match="lr_multipliers"):
         parameter_groups(tiny_model(fk), {"sig.nope.": 2.0})
 
 
 def test_logit_scale_is_clamped_after_a_step(fk: Any) -> None:
-    from lbcore.train import ContrastiveEngine, build_optimizer
+    from lbcore.engine import ContrastiveEngine
+    from lbcore.optim import build_optimizer
 
     model = tiny_model(fk)
     with torch.no_grad():
@@ -287,7 +288,7 @@ def test_logit_scale_is_clamped_after_a_step(fk: Any) -> None:
 def test_lora_trainable_counts_match_peft_and_the_right_parts_are_frozen(fk: Any) -> None:
     from peft import LoraConfig, get_peft_model
 
-    from lbcore.train import apply_lora
+    from lbcore.lora import apply_lora
 
     cls = default_registry().registered("sig").cls
     mod = cls(cls.config_preset("demo", lora={"rank": 2}))
@@ -317,7 +318,7 @@ def test_lora_trainable_counts_match_peft_and_the_right_parts_are_frozen(fk: Any
 
 
 def test_lora_with_unknown_target_is_a_config_error(fk: Any) -> None:
-    from lbcore.train import apply_lora
+    from lbcore.lora import apply_lora
 
     cls = default_registry().registered("sig").cls
     mod = cls(cls.config_preset("demo", lora={"rank": 2, "targets": ["no_such_proj"]}))
@@ -333,7 +334,7 @@ def _grads(model: BindModel, name: str = "sig") -> dict[str, torch.Tensor]:
 
 
 def test_two_micro_batches_give_the_gradients_of_one_double_batch(fk: Any) -> None:
-    from lbcore.train import ContrastiveEngine
+    from lbcore.engine import ContrastiveEngine
 
     torch.manual_seed(1)
     x = torch.randn(8, 1, 32)
@@ -365,7 +366,7 @@ def test_two_micro_batches_give_the_gradients_of_one_double_batch(fk: Any) -> No
 
 
 def test_gradient_checkpointing_gives_the_same_gradients(fk: Any) -> None:
-    from lbcore.train import ContrastiveEngine
+    from lbcore.engine import ContrastiveEngine
 
     torch.manual_seed(2)
     x = torch.randn(6, 1, 32)
@@ -432,7 +433,7 @@ def test_one_corrupt_file_in_200_is_skipped_and_logged(
     manifest = fk.write_signals(tmp_path / "data", 200, corrupt={57})
     bad = str((tmp_path / "data" / "s0-0057.npy").resolve())
     cfg = run_config(anchor_dir, tmp_path / "run", {"sig": manifest}, max_steps=25)
-    with caplog.at_level("WARNING", logger="lbcore.train"):
+    with caplog.at_level("WARNING", logger="lbcore.trainer"):
         final = lbcore.train(cfg)
     assert any(bad in r.getMessage() and "cannot read" in r.getMessage() for r in caplog.records)
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
@@ -495,7 +496,7 @@ def test_the_anchor_never_runs_inside_a_training_step(
 
 
 def test_checkpoint_round_trip_gives_the_same_embeddings(fk: Any, tmp_path: Path) -> None:
-    from lbcore.train import apply_lora
+    from lbcore.lora import apply_lora
 
     model = tiny_model(fk, ("sig", "sig2"), overrides={"lora": {"rank": 2}})
     for name, mod in model.modalities.items():
@@ -709,7 +710,7 @@ from lbcore.config import AnchorConfig
 from lbcore.data import Batch
 from lbcore.loss import contrastive_loss
 from lbcore.model import BindModel
-from lbcore.train import ContrastiveEngine
+from lbcore.engine import ContrastiveEngine
 
 def build():
     torch.manual_seed(0)

@@ -186,7 +186,7 @@ def test_wrong_number_of_frames_is_refused() -> None:
 
 def test_lora_goes_on_the_temporal_attention_only() -> None:
     pytest.importorskip("peft")
-    from lbcore.train import apply_lora
+    from lbcore.lora import apply_lora
 
     m = video(lora={"rank": 4})
     encoder = m.build_encoder(EMBED)

@@ -1,0 +1,194 @@
+"""The contrastive step: forward, backward and optimiser step of every modality against its caption embeddings.
+
+What one optimiser step does, per modality: take the step's ``grad_accum`` micro-batches of this process, encode
+them, gather features and caption embeddings from every process, and take the symmetric InfoNCE loss of the
+global batch with the modality's own learnable temperature. With ``grad_accum > 1`` the loss is still the loss of
+the whole global batch: features of all micro-batches are first computed without gradients, the loss's gradient
+with respect to them is taken once, and each micro-batch is then re-encoded with gradients and back-propagated
+with its slice of that gradient (the "gradient cache" trick). N micro-batches of b therefore give the gradients
+of one batch of N * b, negatives included. Token masking draws from a seed of (seed, step, modality, micro-batch,
+process), so the cached and the gradient pass mask alike and a resumed run masks as an uninterrupted one did.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import torch
+import torch.nn.functional as F
+
+from lbcore.data import Batch, derive_seed
+from lbcore.loss import contrastive_loss, gather_with_grad
+
+if TYPE_CHECKING:
+    from lbcore.model import BindModel
+
+log = logging.getLogger(__name__)
+
+__all__ = ["ContrastiveEngine", "StepResult", "gather_rows"]
+
+
+def gather_rows(x: torch.Tensor, sizes: Sequence[int]) -> torch.Tensor:
+    """Concatenate every process's rows [n_r, E] in rank order -> [sum(n_r), E], differentiably.
+
+    The all-gather needs equal shapes, so when a process has fewer rows (files skipped) every process pads to
+    the largest count and the padding rows are dropped after the gather.
+    """
+    if len(sizes) <= 1:
+        return x
+    most = max(sizes)
+    if min(sizes) == most:
+        return gather_with_grad(x)
+    padded = torch.cat([x, x.new_zeros(most - x.shape[0], *x.shape[1:])])  # [most, E]
+    gathered = gather_with_grad(padded)  # [world * most, E]
+    keep = torch.cat([torch.arange(r * most, r * most + n, device=x.device) for r, n in enumerate(sizes)])
+    return gathered.index_select(0, keep)
+
+
+@dataclass
+class StepResult:
+    """What one optimiser step measured."""
+
+    losses: dict[str, float]  # per modality; NaN when the modality was skipped this step
+    samples: dict[str, int]  # global samples per modality
+    grad_norm: float | None = None
+    lrs: dict[str, float] = field(default_factory=dict)  # the rate this step used (first group of each modality)
+
+
+class ContrastiveEngine:
+    """Forward, backward and optimiser step of the contrastive objective, for one or more modalities.
+
+    ``model``'s encoders (and ``optimizer``) are prepared with ``accelerator`` (device placement, DDP across
+    processes, mixed precision). ``text_tables[m]`` holds the caption embeddings [C, E] of modality ``m``;
+    batches refer to them by caption id, so the anchor is never needed here.
+    """
+
+    def __init__(
+        self,
+        accelerator: Any,
+        model: BindModel,
+        text_tables: Mapping[str, torch.Tensor],
+        optimizer: torch.optim.Optimizer | None = None,
+        scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
+        seed: int = 0,
+        max_grad_norm: float | None = None,
+    ) -> None:
+        self.accelerator = accelerator
+        self.model = model
+        self.names = list(model.encoders)
+        objects: list[Any] = [model.encoders[n] for n in self.names]
+        if optimizer is not None:
+            objects.append(optimizer)
+        prepared = accelerator.prepare(*objects)
+        prepared = list(prepared) if isinstance(prepared, (tuple, list)) else [prepared]
+        self.encoders = dict(zip(self.names, prepared[: len(self.names)], strict=True))
+        self.optimizer = prepared[-1] if optimizer is not None else None
+        self.scheduler = scheduler
+        model.logit_scales.to(accelerator.device)
+        self.text_tables = {k: v.to(accelerator.device, torch.float32) for k, v in text_tables.items()}
+        self.seed = seed
+        self.max_grad_norm = max_grad_norm
+        self.world = accelerator.num_processes
+
+    def trainable_parameters(self) -> list[torch.nn.Parameter]:
+        return [p for p in self.model.parameters() if p.requires_grad]
+
+    def train(self) -> None:
+        for enc in self.encoders.values():
+            enc.train()
+
+    def _sizes(self, local: int) -> list[int]:
+        if self.world == 1:
+            return [local]
+        counts = self.accelerator.gather(torch.tensor([local], device=self.accelerator.device))
+        return [int(c) for c in counts.tolist()]
+
+    def _encode(self, name: str, x: torch.Tensor, seed: int) -> torch.Tensor:
+        # Token masking draws from the global generator: seeding it per (step, micro-batch) makes the masks of
+        # the cached and the gradient pass identical, and a resumed run draw the masks an uninterrupted one did.
+        torch.manual_seed(seed)
+        with self.accelerator.autocast():
+            out = self.encoders[name](x)  # [b, E]
+        return F.normalize(out.float(), dim=-1)
+
+    def _loss(self, name: str, feats: torch.Tensor, texts: torch.Tensor, sizes: Sequence[int]) -> torch.Tensor:
+        scale = self.model.logit_scales[name].value
+        return contrastive_loss(gather_rows(feats, sizes), gather_rows(texts, sizes), scale, gather=False)
+
+    def forward_backward(self, micro: Mapping[str, Sequence[Batch]], step: int) -> StepResult:
+        """Accumulate the gradients of every modality's global-batch loss for the micro-batches of one step."""
+        acc = self.accelerator
+        result = StepResult({}, {})
+        for m_index, name in enumerate(self.names):
+            batches = [b for b in micro.get(name, ()) if len(b) > 0]
+            sizes = self._sizes(sum(len(b) for b in batches))
+            result.samples[name] = sum(sizes)
+            if min(sizes) == 0:
+                # Some process has nothing left of its batch (every file failed): all skip this modality once,
+                # since the collective ops below need every process.
+                log.warning("step %d: %s skipped: a process has no loadable sample in its batch", step, name)
+                result.losses[name] = float("nan")
+                continue
+            table = self.text_tables[name]
+            texts = [table[b.caption_ids.to(table.device)] for b in batches]  # [b, E] each
+            inputs = [b.inputs.to(acc.device, non_blocking=True) for b in batches]
+            seeds = [derive_seed(self.seed, step, m_index, j, acc.process_index) for j in range(len(inputs))]
+            encoder = self.encoders[name]
+            if len(inputs) == 1:
+                loss = self._loss(name, self._encode(name, inputs[0], seeds[0]), texts[0], sizes)
+                acc.backward(loss)
+            else:
+                with torch.no_grad():
+                    cached = [self._encode(name, x, s) for x, s in zip(inputs, seeds, strict=True)]
+                feats = torch.cat(cached).requires_grad_(True)  # [sum b, E]
+                loss = self._loss(name, feats, torch.cat(texts), sizes)
+                acc.backward(loss)  # -> d loss / d feats (scaled like the loss under fp16), and the scale's grad
+                grads = feats.grad.split([c.shape[0] for c in cached])
+                last = len(inputs) - 1
+                for j, (x, s, g) in enumerate(zip(inputs, seeds, grads, strict=True)):
+                    # DDP all-reduces on the last micro-batch only.
+                    with acc.no_sync(encoder) if j < last else nullcontext():
+                        self._encode(name, x, s).backward(g)
+            result.losses[name] = float(loss.detach())
+        return result
+
+    def sync_gradients(self) -> None:
+        """Average the temperatures' gradients over processes (encoders are averaged by DDP in backward).
+
+        The temperatures live outside DDP; every process holds the gradient of the same global loss, so the
+        mean only guards against round-off drift between processes.
+        """
+        if self.world == 1:
+            return
+        for scale in self.model.logit_scales.values():
+            if scale.value.grad is not None:
+                scale.value.grad = self.accelerator.reduce(scale.value.grad, reduction="mean")
+
+    def optimizer_step(self) -> float | None:
+        """Synchronise the temperatures' gradients, clip, step, advance the schedule, clamp the temperatures."""
+        if self.optimizer is None:
+            raise RuntimeError("this engine was built without an optimizer")
+        acc = self.accelerator
+        self.sync_gradients()
+        norm = None
+        if self.max_grad_norm is not None:
+            norm = float(acc.clip_grad_norm_(self.trainable_parameters(), self.max_grad_norm))
+        self.optimizer.step()
+        if self.scheduler is not None and not acc.optimizer_step_was_skipped:
+            self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        for scale in self.model.logit_scales.values():
+            scale.clamp_()
+        return norm
+
+    def step(self, micro: Mapping[str, Sequence[Batch]], step: int) -> StepResult:
+        result = self.forward_backward(micro, step)
+        if self.optimizer is not None:
+            for group in self.optimizer.param_groups:
+                result.lrs.setdefault(group["modality"], group["lr"])
+        result.grad_norm = self.optimizer_step()
+        return result

@@ -1,0 +1,278 @@
+"""Run configs: what ``lbind train`` and :func:`lbcore.train` read, validated into a :class:`TrainPlan`.
+
+A run config names the anchor, per modality a preset plus overrides, and the loop settings (:class:`TrainConfig`,
+its ``train`` section). It is validated in two steps, since a modality's own config class is only known once its
+plugin is loaded: the top level first, then each modality entry against its plugin's config model.
+:func:`apply_overrides` merges the command line's flags into a run config mapping.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, field_validator
+
+from lbcore.config import (
+    AnchorConfig,
+    ModalityConfig,
+    RunConfig,
+    StrictModel,
+    deep_merge,
+    read_yaml,
+    validate_model,
+)
+from lbcore.data import default_workers
+from lbcore.errors import ConfigError
+from lbcore.plugins import default_registry
+
+__all__ = [
+    "INIT_KINDS",
+    "TrainConfig",
+    "TrainPlan",
+    "apply_overrides",
+    "load_run_config",
+    "resolve_config",
+    "validate_run_config",
+]
+
+INIT_KINDS = ("clip", "languagebind")  # train.init: 'scratch' or KIND:PATH
+
+
+class TrainConfig(StrictModel):
+    """The ``train`` section of a run config: the loop settings (the recipe itself lives in each modality's
+    ``optim`` section)."""
+
+    output_dir: Path | None = Field(
+        None, description="Run folder (checkpoints, metrics.jsonl, summary.json); default runs/<modalities>."
+    )
+    data: dict[str, Path] = Field(
+        default_factory=dict,
+        description="Training manifest (JSONL or CSV) per modality; a modality without one trains on its demo dataset.",
+    )
+    max_steps: int | None = Field(
+        None, gt=0, description="Stop after this many optimiser steps (default: the modality configs' epochs)."
+    )
+    epochs: int | None = Field(None, gt=0, description="Passes over the data (default: the largest optim.epochs).")
+    grad_accum: int = Field(
+        1,
+        gt=0,
+        description=(
+            "Micro-batches per optimiser step; the loss is still that of the whole batch (gradient cache), so "
+            "the same global batch fits in less memory."
+        ),
+    )
+    seed: int = Field(0, ge=0, description="Seed of initialisation, data order, captions, augmentation and masking.")
+    save_every: int = Field(500, ge=0, description="Checkpoint every N optimiser steps (0: only at the end).")
+    keep_checkpoints: int = Field(2, ge=1, description="Periodic checkpoints kept (older ones are deleted).")
+    save_full: bool = Field(
+        False,
+        description=(
+            "Write full encoder weights (LoRA merged) for every modality. Off: a LoRA-trained modality initialised "
+            "from clip:/languagebind: weights is saved as its adapter plus trained extras and a reference (path "
+            "and sha256) to those base weights, which must stay where they are to load the checkpoint."
+        ),
+    )
+    resume: bool = Field(False, description="Continue from the newest checkpoint in output_dir (if any).")
+    init: str | dict[str, str] = Field(
+        "scratch",
+        description=(
+            "Encoder initialisation: 'scratch', 'clip:PATH' (a transformers CLIP vision checkpoint folder; "
+            "position embeddings are resized to each modality's grid), or 'languagebind:PATH' (a released "
+            "LanguageBind checkpoint folder of the same modality, converted on the fly: LoRA merged, logit scale "
+            "kept). A mapping sets it per modality."
+        ),
+    )
+    num_workers: int = Field(
+        default_factory=default_workers, ge=0, description="DataLoader worker processes per training process."
+    )
+    mixed_precision: Literal["auto", "no", "bf16", "fp16"] = Field(
+        "auto", description="'auto': bf16 on GPUs that support it, fp16 on other GPUs, float32 on CPU."
+    )
+    grad_checkpointing: bool | None = Field(
+        None, description="Recompute activations in the backward pass (default: each encoder config's setting)."
+    )
+    max_grad_norm: float | None = Field(1.0, gt=0, description="Clip the global gradient norm (null: no clipping).")
+    error_budget: float = Field(
+        0.01,
+        ge=0,
+        le=1,
+        description="Share of a dataset's files allowed to fail loading (skipped and logged) before the run stops.",
+    )
+    lr_multipliers: dict[str, float] = Field(
+        default_factory=dict,
+        description=(
+            "Learning-rate multipliers by parameter-name prefix, names qualified by modality "
+            "(e.g. 'audio.head.': 10, 'audio.logit_scale': 1); the longest matching prefix wins."
+        ),
+    )
+    log_every: int = Field(10, gt=0, description="Log a metrics line (and TensorBoard scalars) every N steps.")
+    tensorboard: bool = Field(False, description="Write TensorBoard scalars through accelerate's tracker.")
+    demo_seed: int = Field(0, ge=0, description="Seed of the generated demo datasets.")
+
+    @field_validator("init")
+    @classmethod
+    def _check_init(cls, value: str | dict[str, str]) -> str | dict[str, str]:
+        for spec in [value] if isinstance(value, str) else value.values():
+            kind, sep, path = spec.partition(":")
+            if spec != "scratch" and not (sep and kind in INIT_KINDS and path):
+                raise ValueError(f"expected 'scratch', 'clip:PATH' or 'languagebind:PATH', got {spec!r}")
+        return value
+
+
+@dataclass
+class TrainPlan:
+    """A validated run: anchor, each modality's full config, and the loop settings."""
+
+    anchor: AnchorConfig
+    modalities: dict[str, ModalityConfig]
+    train: TrainConfig
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "anchor": self.anchor.model_dump(mode="json"),
+            "modalities": {n: c.model_dump(mode="json") for n, c in self.modalities.items()},
+            "train": self.train.model_dump(mode="json"),
+        }
+
+
+def resolve_config(config: TrainPlan | Mapping[str, Any] | str | Path, source: str = "") -> TrainPlan:
+    """Validate a run config (a YAML path or a mapping with ``anchor``, ``modalities`` and ``train`` sections).
+
+    A modality entry without a ``preset`` and without a manifest in ``train.data`` uses the ``demo`` preset
+    (the embedded default: it trains on the plugin's demo dataset). Errors name the exact field path.
+    """
+    if isinstance(config, TrainPlan):
+        return config
+    if isinstance(config, (str, Path)):
+        source = source or str(config)
+        data = read_yaml(config)
+    elif isinstance(config, Mapping):
+        data = dict(config)
+    else:
+        raise ConfigError(f"expected a run config mapping or a YAML path, got {type(config).__name__}")
+    train_cfg = validate_model(TrainConfig, data.pop("train", None) or {}, prefix=("train",), source=source)
+    modalities = {}
+    for name, spec in (data.get("modalities") or {}).items():
+        spec = dict(spec or {})
+        if "preset" not in spec and name not in train_cfg.data:
+            spec["preset"] = "demo"
+        modalities[name] = spec
+    data["modalities"] = modalities
+    if not modalities:
+        where = f"{source}: " if source else ""
+        raise ConfigError(f"{where}modalities: no modality to train; pass --modality NAME or list modalities")
+    per_modality = {"data": train_cfg.data, "init": train_cfg.init if isinstance(train_cfg.init, dict) else {}}
+    for key, mapping in per_modality.items():
+        unknown = sorted(set(mapping) - set(modalities))
+        if unknown:
+            raise ConfigError(
+                f"{source + ': ' if source else ''}train.{key}: given for {', '.join(unknown)}, which the run does "
+                f"not train (modalities: {', '.join(modalities)})"
+            )
+    run, configs = validate_run_config(data, source=source)
+    return TrainPlan(run.anchor, configs, train_cfg)
+
+
+def validate_run_config(data: Any, source: str = "") -> tuple[RunConfig, dict[str, ModalityConfig]]:
+    """Validate a run config mapping in two steps: the top level, then each modality entry against its
+    plugin's config model (preset merged with overrides). Errors name the exact field path."""
+    run = validate_model(RunConfig, data, source=source)
+    if run.train:
+        validate_model(TrainConfig, run.train, prefix=("train",), source=source)
+    modality_configs: dict[str, ModalityConfig] = {}
+    problems = []
+    for name, spec in run.modalities.items():
+        spec = dict(spec)
+        preset = spec.pop("preset", None)
+        try:
+            cls = default_registry().registered(name).cls
+            base = cls.presets.get(preset or cls.default_preset)
+            if base is None:
+                raise ConfigError(
+                    f"{source + ': ' if source else ''}modalities.{name}.preset: unknown preset {preset!r}; "
+                    f"available: {', '.join(sorted(cls.presets))}"
+                )
+            modality_configs[name] = validate_model(
+                cls.Config, deep_merge(base, spec), prefix=("modalities", name), source=source
+            )
+        except ConfigError as err:
+            problems.append(str(err))
+    if problems:
+        raise ConfigError("\n".join(problems))
+    return run, modality_configs
+
+
+def load_run_config(path: str | Path) -> tuple[RunConfig, dict[str, ModalityConfig]]:
+    """Read and validate a YAML run config file."""
+    return validate_run_config(read_yaml(path), source=str(path))
+
+
+def _mapping(value: Any, where: str) -> dict[str, Any]:
+    """A config section as a new dict (``None``: empty); anything but a mapping is an error naming ``where``."""
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"{where}: expected a mapping, got {type(value).__name__}")
+    return dict(value)
+
+
+def apply_overrides(
+    raw: Mapping[str, Any],
+    *,
+    modalities: Sequence[str] = (),
+    data: Sequence[str] = (),
+    output: str | Path | None = None,
+    preset: str | None = None,
+    batch_size: int | None = None,
+    lr: float | None = None,
+    source: str = "",
+    **train_flags: Any,
+) -> dict[str, Any]:
+    """A copy of the run config mapping ``raw`` with command-line choices merged in (``raw`` is not changed).
+
+    ``modalities`` join the run (``preset``, when given, becomes their preset). ``data``: training manifests,
+    ``PATH`` in a one-modality run or ``MODALITY=PATH``. ``batch_size`` and ``lr`` set every modality's
+    ``optim.batch_size`` / ``optim.lr``; ``output`` sets ``train.output_dir``; ``train_flags`` set other ``train``
+    settings by :class:`TrainConfig` field name. ``None`` (and ``False`` for a flag) means "not given": the
+    config's value stays. ``source`` names the config file in errors.
+    """
+    where = f"{source}: " if source else ""
+    unknown = sorted(set(train_flags) - set(TrainConfig.model_fields))
+    if unknown:
+        raise ConfigError(
+            f"unknown train setting(s) {', '.join(unknown)}; expected {', '.join(TrainConfig.model_fields)}"
+        )
+    out = copy.deepcopy(dict(raw))
+    specs = _mapping(out.get("modalities"), f"{where}modalities")
+    specs = {name: _mapping(spec, f"{where}modalities.{name}") for name, spec in specs.items()}
+    section = _mapping(out.get("train"), f"{where}train")
+    for name in modalities:
+        specs.setdefault(name, {})
+        if preset:
+            specs[name]["preset"] = preset
+    names = list(specs)
+    manifests = _mapping(section.get("data"), f"{where}train.data")
+    for item in data:
+        name, sep, path = item.partition("=")
+        if sep and name in names:
+            manifests[name] = path
+        elif len(names) == 1:
+            manifests[names[0]] = item
+        else:
+            raise ConfigError(f"--data {item!r}: with several modalities write MODALITY=PATH ({', '.join(names)})")
+    if manifests:
+        section["data"] = manifests
+    optim = {k: v for k, v in (("batch_size", batch_size), ("lr", lr)) if v is not None}
+    if optim:
+        for name in names:
+            specs[name]["optim"] = {**_mapping(specs[name].get("optim"), f"{where}modalities.{name}.optim"), **optim}
+    if output:
+        section["output_dir"] = str(output)
+    section.update({k: v for k, v in train_flags.items() if v is not None and v is not False})
+    out["modalities"] = specs
+    out["train"] = section
+    return out
