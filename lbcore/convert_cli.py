@@ -1,4 +1,4 @@
-"""``lbind convert``: turn released checkpoints into lbind checkpoint folders (the work is in lbcore.convert)."""
+"""``lbind convert``: turn released checkpoints into lbind checkpoint folders (the work is in lbcore.convert.writer)."""
 
 from __future__ import annotations
 
@@ -34,7 +34,7 @@ def languagebind(sources: tuple[Path, ...], output: Path, tokenizer: Path | None
     from rich.console import Console
     from rich.table import Table
 
-    from lbcore.convert import convert_languagebind
+    from lbcore.convert.writer import convert_languagebind  # heavy (torch): `lbind --help` must not load it
 
     console = Console()
     table = Table(title=f"converted into {output}")

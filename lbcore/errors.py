@@ -49,6 +49,11 @@ class CheckpointError(LbindError):
     """A checkpoint directory is missing, incomplete or unsafe."""
 
 
+class UnknownReleaseError(ModalityNotFoundError, CheckpointError):
+    """A published checkpoint's ``model_type`` is declared by no installed plugin (``Modality.releases``):
+    either it is not a release lbind knows, or the plugin of its modality is not installed."""
+
+
 def check_media_file(path: str | Path, expected: str) -> int:
     """Raise :class:`InputError` unless ``path`` is a non-empty regular file; return its size in bytes.
 

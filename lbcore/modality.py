@@ -3,7 +3,9 @@
 A plugin subclasses :class:`Modality`, sets ``name``, ``Config`` (a :class:`~lbcore.config.ModalityConfig`
 subclass), ``presets`` (at least ``languagebind`` and ``demo``) and ``templates``, implements
 :meth:`preprocess` and :meth:`build_stem` (or overrides :meth:`build_encoder`), and registers the class
-through the ``register_modalities`` hook.
+through the ``register_modalities`` hook. Optional declarations: ``extensions`` (the file suffixes
+:meth:`preprocess` reads) and ``releases`` (published checkpoints :mod:`lbcore.convert` can convert into this
+modality, each a :class:`~lbcore.release.ReleaseLayout`).
 """
 
 from __future__ import annotations
@@ -18,12 +20,25 @@ from torch import nn
 
 from lbcore.config import ModalityConfig, deep_merge, validate_model
 from lbcore.errors import ConfigError, PluginError
+from lbcore.release import ReleaseLayout
 
 REQUIRED_PRESETS = ("languagebind", "demo")
 
 
 class Modality(ABC):
-    """One modality: preprocessing, encoder construction, prompt templates, readers and demo data."""
+    """One modality: preprocessing, encoder construction, prompt templates, readers and demo data.
+
+    Class attributes a plugin sets: ``name`` (an identifier), ``Config``, ``presets`` (at least
+    ``languagebind`` and ``demo``), ``default_preset``, ``templates`` (zero-shot prompts, each with ``{}``),
+    ``description``, ``demo_version`` (the demo dataset's cache key), and:
+
+    ``extensions``: the lower-case file suffixes, dot included, that :meth:`preprocess` reads from disk
+    (e.g. ``(".wav", ".flac")``); tools that pick files by modality (``lbind embed``) go by them.
+    ``releases``: the published checkpoints of this modality, one :class:`~lbcore.release.ReleaseLayout`
+    each (config.json's ``model_type``, the ``vision_config`` settings carried into ``Config``, the patch
+    grid). ``lbind convert languagebind`` and ``--init languagebind:PATH`` find a release's modality by its
+    ``model_type`` among the installed plugins' declarations.
+    """
 
     name: ClassVar[str]
     Config: ClassVar[type[ModalityConfig]] = ModalityConfig
@@ -32,6 +47,8 @@ class Modality(ABC):
     templates: ClassVar[Sequence[str]] = ("{}",)
     description: ClassVar[str] = ""
     demo_version: ClassVar[str] = "1"  # bump when the demo generator's output changes (cache key)
+    extensions: ClassVar[tuple[str, ...]] = ()
+    releases: ClassVar[Sequence[ReleaseLayout]] = ()
 
     def __init__(self, config: ModalityConfig | Mapping[str, Any] | None = None) -> None:
         if config is None:
@@ -55,8 +72,24 @@ class Modality(ABC):
             problems.append(f"`presets` lacks {', '.join(missing)}")
         if not cls.templates or any("{}" not in t for t in cls.templates):
             problems.append("`templates` must be non-empty and each must contain '{}'")
+        problems.extend(cls._declaration_problems())
         if problems:
             raise PluginError(f"modality class {cls.__module__}.{cls.__qualname__}: " + "; ".join(problems))
+
+    @classmethod
+    def _declaration_problems(cls) -> list[str]:
+        problems = []
+        ext = cls.extensions
+        if not isinstance(ext, tuple) or not all(
+            isinstance(e, str) and e.startswith(".") and len(e) > 1 and e == e.lower() for e in ext
+        ):
+            problems.append(f"`extensions` must be a tuple of lower-case suffixes such as '.wav', got {ext!r}")
+        layouts = list(cls.releases) if isinstance(cls.releases, (tuple, list)) else None
+        if layouts is None or not all(isinstance(r, ReleaseLayout) for r in layouts):
+            problems.append(f"`releases` must be a sequence of lbcore.release.ReleaseLayout, got {cls.releases!r}")
+        elif len({r.model_type for r in layouts}) != len(layouts):
+            problems.append(f"`releases` declares a model_type twice: {[r.model_type for r in layouts]}")
+        return problems
 
     # -- configuration ---------------------------------------------------------------------------------
     @classmethod

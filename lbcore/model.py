@@ -35,6 +35,8 @@ from lbcore.checkpoint import (
     write_json,
 )
 from lbcore.config import AnchorConfig, validate_model
+from lbcore.convert.clip import load_clip_vision_into
+from lbcore.convert.languagebind import load_languagebind_into
 from lbcore.errors import AnchorError, CheckpointError, InputError, ModalityNotFoundError
 from lbcore.lora import (
     LORA_A,
@@ -514,14 +516,10 @@ def load_base(encoder: nn.Module, source: str, modality: Modality, *, seen: froz
         raise CheckpointError(f"base source {source!r}: expected one of {', '.join(k + ':PATH' for k in BASE_KINDS)}")
     path = Path(rest).expanduser()
     if kind == "clip":
-        from lbcore.convert import load_clip_vision_into
-
         for line in load_clip_vision_into(encoder, path):
             log.debug("%s base %s: %s", modality.name, source, line)
         return
     if kind == "languagebind":
-        from lbcore.convert import load_languagebind_into
-
         load_languagebind_into(encoder, modality, path)
         return
     directory = path.resolve()

@@ -1,5 +1,5 @@
 """Converting released LanguageBind checkpoints (lbcore.convert, ``lbind convert languagebind``, ``--init
-languagebind:``), and refusing pickles that run code.
+languagebind:``), finding a release's modality through what plugins declare, and refusing pickles that run code.
 
 Every release here is built in the test with LanguageBind's exact layout: a tiny transformers ``CLIPModel``
 (text and vision towers), its state dict renamed or extended the way the released files are (peft's LoRA
@@ -16,22 +16,28 @@ import os
 import pickle
 import string
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 from click.testing import CliRunner
+from pydantic import Field
 from safetensors.torch import load_file, save_file
 from transformers import CLIPConfig, CLIPModel, CLIPTokenizer
 
 import lbcore
+from lbcore import hookimpl
 from lbcore.checkpoint import META_FILE
-from lbcore.convert import convert_languagebind, load_clip_vision_into, load_languagebind_into
+from lbcore.config import ImageConfig
+from lbcore.convert import load_clip_vision_into, load_languagebind_into
+from lbcore.convert.writer import convert_languagebind
 from lbcore.convert_cli import convert
-from lbcore.errors import CheckpointError, ConfigError, ModalityNotFoundError
+from lbcore.errors import CheckpointError, ConfigError, ModalityNotFoundError, UnknownReleaseError
+from lbcore.image import ImageLikeModality
 from lbcore.plugins import default_registry, reset_default_registry
+from lbcore.release import ReleaseLayout
 
 EMBED = 16
 BOS, EOS = 52, 53  # the tiny vocabulary below: 26 letters, 26 word-final letters, then the two specials
@@ -187,8 +193,16 @@ def test_image_release_without_the_image_plugin_is_a_clear_error(
     reset_default_registry()
     assert not image_installed()
     src = write_release(tmp_path / "LanguageBind_Image", tiny_clip(0), "LanguageBindImage")
-    with pytest.raises(ModalityNotFoundError, match=r"LanguageBindImage checkpoint converts to the 'image' modality"):
+    # Only the image plugin declares LanguageBindImage: without it the release is unknown, and the error says which
+    # releases the installed plugins do declare.
+    message = (
+        r"LanguageBind_Image/config\.json: model_type 'LanguageBindImage' is not a release any installed plugin "
+        r"declares \(known: LanguageBindAudio \(audio\), LanguageBindDepth \(depth\), LanguageBindThermal "
+        r"\(infrared\), LanguageBindVideo \(video\)\)"
+    )
+    with pytest.raises(UnknownReleaseError, match=message) as err:
         convert_languagebind(src, tmp_path / "out")
+    assert isinstance(err.value, ModalityNotFoundError) and isinstance(err.value, CheckpointError)
     assert not (tmp_path / "out").exists()
 
 
@@ -204,6 +218,60 @@ def test_image_release_matches_transformers_clip(tmp_path: Path) -> None:
     torch.testing.assert_close(model.embed("image", x), clip_image_embeds(clip, x), atol=1e-5, rtol=0)
     expected_text = clip_text_embeds(clip, reference_tokenizer(src), TEXTS)
     torch.testing.assert_close(model.embed_text(TEXTS), expected_text, atol=1e-5, rtol=0)
+
+
+# ------------------------------------------------------------------------ a third-party plugin's own release
+class TactileConfig(ImageConfig):
+    pressure_scale: float = Field(1.0, gt=0, description="Newtons per unit of the sensor's pressure image.")
+
+
+class TactileModality(ImageLikeModality):
+    """A third-party modality that declares its own released checkpoint (nothing about it is in lbcore)."""
+
+    name = "tactile"
+    Config = TactileConfig
+    presets: ClassVar = {"languagebind": {}, "demo": {"image_size": 32}}
+    templates = ("the feel of {}.",)
+    extensions = (".png",)
+    releases = (
+        ReleaseLayout(
+            "LanguageBindTactile",
+            settings={"tactile_pressure_scale": "pressure_scale"},
+            required=("tactile_pressure_scale",),
+        ),
+    )
+
+    def example_input(self, seed: int = 0) -> np.ndarray:
+        return np.random.default_rng(seed).integers(0, 256, (40, 40, 3), dtype=np.uint8)
+
+
+class _TactilePlugin:
+    @hookimpl
+    def register_modalities(self, register: Any) -> None:
+        register(TactileModality)
+
+
+def test_a_plugin_declares_its_own_release_and_the_converter_finds_it(tmp_path: Path) -> None:
+    registry = default_registry().load()  # the built-in plugins first, then the test's
+    registry.add_plugin(_TactilePlugin(), "tactile-test")
+    clip = tiny_clip(13)
+    src = write_release(tmp_path / "LanguageBind_Tactile", clip, "LanguageBindTactile", {"tactile_pressure_scale": 2.5})
+
+    result = convert_languagebind(src, tmp_path / "out")
+    assert (result.modality, result.model_type) == ("tactile", "LanguageBindTactile")
+    assert result.settings == {"pressure_scale": 2.5, "image_size": 32, "in_chans": 3}
+    model = lbcore.load(tmp_path / "out")
+    assert model.modalities["tactile"].config.pressure_scale == 2.5
+    x = torch.randn(2, 3, 32, 32)
+    torch.testing.assert_close(model.embed("tactile", x), clip_image_embeds(clip, x), atol=1e-5, rtol=0)
+
+    # --init languagebind: checks the release against what the modality declares.
+    depth = lbcore.get_modality("depth")
+    with pytest.raises(CheckpointError, match=r"LanguageBindTactile checkpoint \(the 'depth' modality declares "):
+        load_languagebind_into(depth.build_encoder(EMBED), depth, src)
+    bare = write_release(tmp_path / "bare", clip, "LanguageBindTactile")
+    with pytest.raises(CheckpointError, match=r"vision_config\.tactile_pressure_scale is missing or 0"):
+        convert_languagebind(bare, tmp_path / "out2")
 
 
 def lora_clip(seed: int) -> CLIPModel:

@@ -122,6 +122,7 @@ class ImuModality(Modality):
     )
     description = "Wearable inertial measurements: 3-axis accelerometer (m/s^2) + 3-axis gyroscope (rad/s)"
     demo_version = "1"  # bump when demo.py's output changes: it keys the cached demo dataset
+    extensions = (".npy", ".csv")  # the recordings load_recording reads
 
     config: ImuConfig
 

@@ -20,10 +20,11 @@ from pydantic import Field, model_validator
 from lbcore.config import ModalityConfig
 from lbcore.modality import Modality
 from lbcore.nn import PatchStem2d
+from lbcore.release import ReleaseLayout, vision_count
 from lbind_audio import readers
 from lbind_audio.demo import write_demo_dataset
 from lbind_audio.spectrogram import log_mel_chunks
-from lbind_audio.waveform import load_waveform
+from lbind_audio.waveform import AUDIO_EXTENSIONS, load_waveform
 
 LANGUAGEBIND = {
     "encoder": {"width": 1024, "depth": 24, "heads": 16, "patch_size": 14},
@@ -43,6 +44,32 @@ DEMO = {
     "lora": {"rank": 0},
     "optim": {"lr": 1e-3, "warmup_steps": 20, "epochs": 20, "batch_size": 32},
 }
+
+
+class SpectrogramRelease(ReleaseLayout):
+    """A LanguageBind audio release: its tower was resized to the (mel bins x frames) log-mel image, so the
+    position embedding's grid follows ``num_mel_bins`` and ``target_length``, not ``image_size``."""
+
+    def grid(self, vision_config: Mapping[str, Any], source: str = "<vision_config>") -> tuple[int, int]:
+        patch = vision_count(vision_config, "patch_size", source)
+        mel_bins = vision_count(vision_config, "num_mel_bins", source)
+        frames = vision_count(vision_config, "target_length", source)
+        return mel_bins // patch, frames // patch
+
+
+# LanguageBind_Audio and LanguageBind_Audio_FT: vision_config fields -> AudioConfig fields.
+LANGUAGEBIND_RELEASE = SpectrogramRelease(
+    "LanguageBindAudio",
+    settings={
+        "num_mel_bins": "mel_bins",
+        "target_length": "target_length",
+        "audio_mean": "mean",
+        "audio_std": "std",
+        "audio_sample_rate": "sample_rate",
+    },
+    required=("num_mel_bins", "target_length"),  # they decide the patch grid
+    carries_image_size=False,
+)
 
 
 class AudioConfig(ModalityConfig):
@@ -81,6 +108,8 @@ class AudioModality(Modality):
     presets: ClassVar = {"languagebind": LANGUAGEBIND, "languagebind_ft": LANGUAGEBIND_FT, "demo": DEMO}
     templates = ("a sound of {}.",)
     description = "Audio clips as log-mel spectrograms (Kaldi fbank, three chunks as channels)"
+    extensions = AUDIO_EXTENSIONS
+    releases = (LANGUAGEBIND_RELEASE,)
     demo_version = "1"
 
     config: AudioConfig

@@ -12,8 +12,10 @@ from pydantic import Field, model_validator
 
 from lbcore.config import ImageConfig
 from lbcore.image import ImageLikeModality, is_path, normalize, resize_crop
+from lbcore.release import ReleaseLayout
 from lbcore.templates import imagenet_templates
 from lbind_depth.encoding import DepthEncoding, decode_depth, read_depth_file
+from lbind_depth.readers import DEPTH_EXTENSIONS
 
 LANGUAGEBIND = {
     "image_size": 224,
@@ -67,6 +69,9 @@ class DepthModality(ImageLikeModality):
     presets: ClassVar = {"languagebind": LANGUAGEBIND, "demo": DEMO}
     templates = imagenet_templates("depth photo")
     description = "Depth maps (16-bit millimetre PNG by default; see the 'encoding' field)"
+    extensions = DEPTH_EXTENSIONS
+    # LanguageBind_Depth: the depth its maps were clipped to and scaled by.
+    releases = (ReleaseLayout("LanguageBindDepth", settings={"max_depth": "max_depth"}),)
     config: DepthConfig
 
     def preprocess(self, item: Any, train: bool = False) -> torch.Tensor:

@@ -10,7 +10,8 @@ import numpy as np
 from pydantic import Field
 
 from lbcore.config import ImageConfig
-from lbcore.image import ImageLikeModality
+from lbcore.image import IMAGE_EXTENSIONS, ImageLikeModality
+from lbcore.release import ReleaseLayout
 from lbcore.templates import IMAGENET_TEMPLATES
 
 # LanguageBind_Image is OpenCLIP's ViT-L/14 (DataComp-XL) image tower, used as it is: LanguageBind never trained
@@ -54,6 +55,8 @@ class ImageModality(ImageLikeModality):
     presets: ClassVar = {"languagebind": LANGUAGEBIND, "demo": DEMO}
     templates = IMAGENET_TEMPLATES
     description = "RGB images (CLIP preprocessing; LanguageBind_Image is a plain CLIP vision tower)"
+    extensions = IMAGE_EXTENSIONS
+    releases = (ReleaseLayout("LanguageBindImage"),)  # LanguageBind_Image
     config: RGBConfig
 
     def example_input(self, seed: int = 0) -> np.ndarray:

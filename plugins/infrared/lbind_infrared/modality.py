@@ -9,7 +9,8 @@ from typing import Any, ClassVar
 import numpy as np
 
 from lbcore.config import ImageConfig
-from lbcore.image import ImageLikeModality
+from lbcore.image import IMAGE_EXTENSIONS, ImageLikeModality
+from lbcore.release import ReleaseLayout
 from lbcore.templates import IMAGENET_TEMPLATES
 
 LANGUAGEBIND = {
@@ -41,6 +42,8 @@ class InfraredModality(ImageLikeModality):
     presets: ClassVar = {"languagebind": LANGUAGEBIND, "demo": DEMO}
     templates = IMAGENET_TEMPLATES
     description = "Thermal (infrared) images, any channel count or bit depth"
+    extensions = IMAGE_EXTENSIONS
+    releases = (ReleaseLayout("LanguageBindThermal"),)  # LanguageBind_Thermal
     config: InfraredConfig
 
     def example_input(self, seed: int = 0) -> np.ndarray:

@@ -19,6 +19,8 @@ from lbcore.errors import InputError, check_media_file
 
 log = logging.getLogger(__name__)
 
+VIDEO_EXTENSIONS = (".mp4", ".mkv", ".webm", ".avi", ".mov", ".m4v")
+"""File name endings of the video files the modality reads (decord, i.e. ffmpeg, decodes them)."""
 VIDEO_FILES = "a video file decord can read (mp4, mkv, webm, avi, ...) with at least one frame"
 CLIP_ARRAYS = "frames shaped T x H x W x C (C = 1, 3 or 4) or T x H x W, uint8 or float in [0, 1]"
 

@@ -16,8 +16,9 @@ from lbcore.config import EncoderConfig, ImageConfig
 from lbcore.datasets import EvalDataset
 from lbcore.image import ImageLikeModality, resize_crop_normalize
 from lbcore.nn import SpaceTimeEncoder, temporal_lora_targets
+from lbcore.release import ReleaseLayout
 from lbcore.templates import imagenet_templates
-from lbind_video.frames import frames_to_float, is_path, read_video_frames, sample_array_frames
+from lbind_video.frames import VIDEO_EXTENSIONS, frames_to_float, is_path, read_video_frames, sample_array_frames
 
 # Trained besides the LoRA adapters: class token, post-LayerNorm and projection (every modality), and the
 # temporal embeddings and temporal LayerNorms (LanguageBind's video recipe trains the temporal parts; the
@@ -103,6 +104,9 @@ class VideoModality(ImageLikeModality):
     presets: ClassVar = {"languagebind": LANGUAGEBIND, "demo": DEMO}
     templates = imagenet_templates("video")  # the 80 CLIP templates, "photo" -> "video"
     description = "Video clips (decord): frames spread over the clip, space-time ViT"
+    extensions = VIDEO_EXTENSIONS
+    # LanguageBind_Video and LanguageBind_Video_FT: the frame count the temporal tensors were trained on.
+    releases = (ReleaseLayout("LanguageBindVideo", settings={"num_frames": "num_frames"}),)
     demo_version = "1"
 
     config: VideoConfig

@@ -14,6 +14,8 @@ Places to fill in are marked ``TODO(plugin)``:
 4. ``templates``: zero-shot prompts, each with ``{}`` where the class name goes.
 5. ``LANGUAGEBIND`` / ``DEMO``: the full-size recipe and the tiny CPU preset.
 6. ``example_input`` and ``make_demo_data`` (demo.py): small generated inputs and a procedural dataset.
+7. ``extensions`` (the file suffixes ``preprocess`` reads) and, if your modality has published weights,
+   ``releases`` (see :mod:`lbcore.release`).
 """
 
 from __future__ import annotations
@@ -103,6 +105,10 @@ class {{ cookiecutter.class_prefix }}Modality(Modality):
     )
     description = "{{ cookiecutter.description }}"
     demo_version = "1"  # bump when demo.py's output changes: it keys the cached demo dataset
+    # TODO(plugin): the lower-case file suffixes preprocess reads (tools such as `lbind embed` pick files by them).
+    extensions = (".npy", ".csv")
+    # A published checkpoint of this modality (config.json model_type, vision_config settings carried into
+    # Config) is declared with lbcore.release.ReleaseLayout: releases = (ReleaseLayout("MyRelease", ...),).
 
     config: {{ cookiecutter.class_prefix }}Config
 
