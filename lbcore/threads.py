@@ -328,9 +328,10 @@ def choose_policy(
 ) -> ThreadPolicy:
     """The thread policy of one process: ``config`` values first, then the environment, then the automatic
     choice (see :mod:`lbcore.threads`). ``worker_share``: the share of the cores the automatic choice gives
-    to DataLoader workers (0: the job has no per-sample preprocessing, no workers). ``processes``: processes of this job sharing the cores (e.g.
-    accelerate's local world size). ``cores`` / ``busy`` default to :func:`available_cores` and
-    :func:`busy_cores` (which sleeps a quarter of a second)."""
+    to DataLoader workers (0: the job has no per-sample preprocessing, no workers). ``processes``: processes
+    of this job sharing the cores (e.g. accelerate's local world size). ``cores`` / ``busy`` default to
+    :func:`available_cores` and :func:`busy_cores` (which sleeps a quarter of a second; the worker count does
+    not depend on it, so ``busy=0.0`` gives it for free)."""
     config = config or ThreadsConfig()
     env = os.environ if env is None else env
     if processes < 1 or not 0 <= worker_share <= 1:
@@ -394,7 +395,8 @@ def apply(policy: ThreadPolicy) -> None:
                 "OMP_WAIT_POLICY=%s counts in processes started from now on; this one loaded OpenMP before",
                 policy.wait_policy.upper(),
             )
-    _export(ENV_DECODER_THREADS, str(policy.decoder_threads))
+    if os.environ.get(ENV_DECODER_THREADS) != str(policy.decoder_threads):
+        _export(ENV_DECODER_THREADS, str(policy.decoder_threads))
 
     import torch  # here, not at the top: the wait policy above must be in the environment before torch loads
 
