@@ -49,6 +49,10 @@ class CheckpointError(LbindError):
     """A checkpoint directory is missing, incomplete or unsafe."""
 
 
+class TextStoreError(LbindError):
+    """The caption-embedding store is unusable, lacks a caption, or holds a corrupt shard."""
+
+
 def check_media_file(path: str | Path, expected: str) -> int:
     """Raise :class:`InputError` unless ``path`` is a non-empty regular file; return its size in bytes.
 
