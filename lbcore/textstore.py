@@ -334,9 +334,13 @@ class TextStore:
             shard.path.unlink(missing_ok=True)
         logger.info("text store %s: %d shards merged into %d (%d captions)", self.folder, len(live), len(written),
                     len(keys))  # fmt: skip
+        self.reopen()
+        return written
+
+    def reopen(self) -> None:
+        """Forget the open shards and map the folder's current ones (after another process compacted it)."""
         self._shards, self._names = [], set()
         self.refresh()
-        return written
 
 
 def _legacy_rows(store: TextStore, files: list[Path]) -> tuple[list[bytes], list[np.ndarray]]:
