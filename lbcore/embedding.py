@@ -356,20 +356,21 @@ def embed_job(
     progress: ProgressCallback | None = None,
     model: BindModel | None = None,
 ) -> EmbedJobResult:
-    """Embed the files ``inputs`` names (see :func:`collect_inputs`) into ``output`` (.npy or .safetensors).
+    """Embed the files ``inputs`` names (see :func:`collect_inputs`) into ``output`` (.npy or .safetensors) with
+    the checkpoint (or run folder) ``checkpoint``; ``progress(done, total)`` is called as files are embedded.
 
     Resumes: inputs already listed in the sidecar are skipped, new rows are appended. Unreadable files are
     logged, listed in the sidecar's ``failed`` and in the result, and the job carries on. The files are
     rewritten (atomically) every ``save_every`` new rows and at the end, also when the run is interrupted.
     """
     from lbcore import __version__
-    from lbcore.checkpoint import write_json
+    from lbcore.checkpoint import resolve_checkpoint_dir, write_json
     from lbcore.evaluate import checkpoint_digest
     from lbcore.model import load
 
     output = Path(output)
     _check_output(output)
-    checkpoint = Path(checkpoint)
+    checkpoint = resolve_checkpoint_dir(checkpoint)  # a run folder stands for its final (else newest) checkpoint
     digest = checkpoint_digest(checkpoint)["sha256"]
     model = model if model is not None else load(checkpoint)
     mod = modality_of(model, modality)

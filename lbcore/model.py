@@ -37,6 +37,7 @@ from lbcore.checkpoint import (
     lora_layers,
     merge_adapter,
     read_meta,
+    resolve_checkpoint_dir,
     split_extras,
     state_sha256,
     write_json,
@@ -412,7 +413,7 @@ class BindModel(nn.Module):
         """
         from lbcore.plugins import default_registry
 
-        directory = Path(directory)
+        directory = resolve_checkpoint_dir(directory)  # a run folder stands for its final (else newest) checkpoint
         meta = read_meta(directory)
         anchor = meta["anchor"]
         anchor_cfg = validate_model(AnchorConfig, anchor.get("config", {}), prefix=("anchor",), source=str(directory))
@@ -474,8 +475,9 @@ def _unwrap(module: nn.Module) -> nn.Module:
 def load(
     directory: str | Path, map_location: str | torch.device = "cpu", *, base: Mapping[str, str] | None = None
 ) -> BindModel:
-    """Load a checkpoint folder written by ``lbind train`` or :meth:`BindModel.save_pretrained` (``base``: see
-    :meth:`BindModel.from_pretrained`)."""
+    """Load a checkpoint folder written by ``lbind train`` or :meth:`BindModel.save_pretrained`, or a run folder
+    (its ``final/`` checkpoint, else its newest step checkpoint; see :func:`lbcore.checkpoint.resolve_checkpoint_dir`).
+    ``base``: see :meth:`BindModel.from_pretrained`."""
     return BindModel.from_pretrained(directory, map_location=map_location, base=base)
 
 
