@@ -547,13 +547,15 @@ class TextEmbeddingCache:
         anchor_or_loader: AnchorLike | AnchorConfig | Callable[[], AnchorLike],
         texts: Sequence[str],
         batch_size: int | None = None,
+        progress: Callable[[int, int], None] | None = None,
     ) -> torch.Tensor:
         """Embeddings [N, E] (float32, CPU) of ``texts``: cached rows are read, only the misses are computed.
 
         ``anchor_or_loader`` is an :class:`Anchor`, an :class:`~lbcore.config.AnchorConfig` (the anchor is
         loaded to learn its fingerprint, without running it), or a zero-argument callable returning an anchor.
         Misses are deduplicated, encoded in batches of ``batch_size`` (default: the config's, else 64) and
-        written back.
+        written back batch by batch; ``progress(done, total)`` is called before the first batch and after each,
+        counting distinct missing texts (never called when every text is cached).
         """
         if isinstance(texts, str):
             raise InputError(None, "embed() got a single string", "a sequence of strings, e.g. [text]")
@@ -590,15 +592,21 @@ class TextEmbeddingCache:
                 len(unique),
                 name or fingerprint[:12],
             )
-            computed = anchor.encode(misses, batch_size=batch_size).detach().to("cpu", torch.float32)
-            if computed.shape != (len(misses), anchor.embed_dim):
-                raise AnchorError(
-                    f"anchor {name or fingerprint[:12]}: encode returned {list(computed.shape)}, "
-                    f"expected [{len(misses)}, {anchor.embed_dim}]"
-                )
-            for text, row in zip(misses, computed, strict=True):
-                self.put(fingerprint, text, row, anchor_name=name)
-                found[text] = row
+            if progress is not None:
+                progress(0, len(misses))
+            for start in range(0, len(misses), batch_size):
+                part = misses[start : start + batch_size]
+                computed = anchor.encode(part, batch_size=batch_size).detach().to("cpu", torch.float32)
+                if computed.shape != (len(part), anchor.embed_dim):
+                    raise AnchorError(
+                        f"anchor {name or fingerprint[:12]}: encode returned {list(computed.shape)}, "
+                        f"expected [{len(part)}, {anchor.embed_dim}]"
+                    )
+                for text, row in zip(part, computed, strict=True):
+                    self.put(fingerprint, text, row, anchor_name=name)
+                    found[text] = row
+                if progress is not None:
+                    progress(start + len(part), len(misses))
         if not texts:
             return torch.empty(0, anchor.embed_dim, dtype=torch.float32)
         return torch.stack([found[t] for t in texts])  # [N, E]

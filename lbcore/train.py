@@ -533,9 +533,11 @@ class ContrastiveEngine:
 # ------------------------------------------------------------------------------------------------ the run
 @dataclass
 class TrainEvent:
-    """What the trainer reports to a progress callback (main process only)."""
+    """What the trainer reports to a progress callback (main process only). ``captions`` events come before
+    ``start``, while the caption pre-pass encodes captions missing from the cache: ``step`` of ``total_steps``
+    counts those captions."""
 
-    kind: Literal["start", "step", "skip", "checkpoint", "end"]
+    kind: Literal["captions", "start", "step", "skip", "checkpoint", "end"]
     step: int
     total_steps: int
     metrics: dict[str, Any] = field(default_factory=dict)
@@ -646,7 +648,10 @@ class Trainer:
             anchor = self._anchor if self._anchor is not None else Anchor.from_config(self.plan.anchor)
             if self._anchor is None and acc.device.type != "cpu":
                 anchor.to(acc.device)  # cache misses are encoded on the accelerator
-            table = cache.embed(anchor, texts, batch_size=self.plan.anchor.batch_size)  # [T, E]
+            report = None
+            if self.progress is not None and acc.is_main_process:
+                report = lambda done, total: self.progress(TrainEvent("captions", done, total))  # noqa: E731
+            table = cache.embed(anchor, texts, batch_size=self.plan.anchor.batch_size, progress=report)  # [T, E]
             self.anchor_fingerprint = anchor.fingerprint
             self.embed_dim = int(anchor.embed_dim)
         del anchor  # never used again: training reads the precomputed table

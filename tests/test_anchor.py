@@ -411,3 +411,17 @@ def test_minilm_matches_sentence_transformers(minilm):
     sentences = ["a dog barking", "A man is eating pasta.", "The new movie is awesome!", "rain"]
     ref = model.encode(sentences, convert_to_tensor=True, normalize_embeddings=True)
     torch.testing.assert_close(minilm.encode(sentences), ref.float().cpu(), atol=1e-5, rtol=0)
+
+
+def test_cache_reports_progress_over_the_distinct_misses_batch_by_batch(tmp_path) -> None:
+    anchor = HashAnchor()
+    cache = TextEmbeddingCache(tmp_path)
+    cache.put(anchor.fingerprint, "cached", expected_row("cached"))
+    texts = ["cached", *(f"t{i}" for i in range(7)), "t0"]  # 7 distinct misses, one repeated
+    seen: list[tuple[int, int]] = []
+    out = cache.embed(anchor, texts, batch_size=3, progress=lambda done, total: seen.append((done, total)))
+    assert seen == [(0, 7), (3, 7), (6, 7), (7, 7)]
+    torch.testing.assert_close(out, torch.stack([expected_row(t) for t in texts]), atol=0, rtol=0)
+    seen.clear()
+    cache.embed(anchor, texts, batch_size=3, progress=lambda done, total: seen.append((done, total)))
+    assert seen == []  # everything cached: nothing to report
