@@ -592,24 +592,33 @@ class TextEmbeddingCache:
                 len(unique),
                 name or fingerprint[:12],
             )
-            if progress is not None:
-                progress(0, len(misses))
-            for start in range(0, len(misses), batch_size):
-                part = misses[start : start + batch_size]
-                computed = anchor.encode(part, batch_size=batch_size).detach().to("cpu", torch.float32)
-                if computed.shape != (len(part), anchor.embed_dim):
-                    raise AnchorError(
-                        f"anchor {name or fingerprint[:12]}: encode returned {list(computed.shape)}, "
-                        f"expected [{len(part)}, {anchor.embed_dim}]"
-                    )
-                for text, row in zip(part, computed, strict=True):
-                    self.put(fingerprint, text, row, anchor_name=name)
-                    found[text] = row
-                if progress is not None:
-                    progress(start + len(part), len(misses))
+            found.update(self._encode_misses(anchor, misses, batch_size, progress))
         if not texts:
             return torch.empty(0, anchor.embed_dim, dtype=torch.float32)
         return torch.stack([found[t] for t in texts])  # [N, E]
+
+    def _encode_misses(
+        self, anchor: AnchorLike, misses: list[str], batch_size: int, progress: Callable[[int, int], None] | None
+    ) -> dict[str, torch.Tensor]:
+        """Encode ``misses`` batch by batch, writing each batch to the cache and reporting progress after it."""
+        name = getattr(anchor, "name", None)
+        out: dict[str, torch.Tensor] = {}
+        if progress is not None:
+            progress(0, len(misses))
+        for start in range(0, len(misses), batch_size):
+            part = misses[start : start + batch_size]
+            computed = anchor.encode(part, batch_size=batch_size).detach().to("cpu", torch.float32)
+            if computed.shape != (len(part), anchor.embed_dim):
+                raise AnchorError(
+                    f"anchor {name or anchor.fingerprint[:12]}: encode returned {list(computed.shape)}, "
+                    f"expected [{len(part)}, {anchor.embed_dim}]"
+                )
+            for text, row in zip(part, computed, strict=True):
+                self.put(anchor.fingerprint, text, row, anchor_name=name)
+                out[text] = row
+            if progress is not None:
+                progress(start + len(part), len(misses))
+        return out
 
 
 def load_anchor(cfg: AnchorConfig) -> Anchor:
