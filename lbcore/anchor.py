@@ -29,6 +29,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal, Protocol, runtime_checkable
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -426,13 +427,15 @@ class TextEmbeddingCache:
         anchor_or_loader: AnchorLike | AnchorConfig | Callable[[], AnchorLike],
         texts: Sequence[str],
         batch_size: int | None = None,
+        progress: Callable[[int, int], None] | None = None,
     ) -> torch.Tensor:
         """Embeddings [N, E] (float32, CPU) of ``texts``: cached rows are read, only the misses are computed.
 
         ``anchor_or_loader`` is an :class:`Anchor`, an :class:`~lbcore.config.AnchorConfig` (the anchor is
         loaded to learn its fingerprint, without running it), or a zero-argument callable returning an anchor.
         Misses are deduplicated, encoded in batches of ``batch_size`` (default: the config's, else 64) and
-        written back as one shard.
+        written back as one shard; ``progress(done, total)`` is called before the first batch and after each,
+        counting distinct missing texts (never called when every text is cached).
         """
         texts = _as_texts(texts, "embed")
         if isinstance(anchor_or_loader, AnchorConfig):
@@ -441,22 +444,36 @@ class TextEmbeddingCache:
         name = getattr(anchor, "name", None)
         store = self.store(anchor.fingerprint, anchor.embed_dim, name)
         store.refresh()
-        self._fill(store, anchor, texts, batch_size or 64)
+        self._fill(store, anchor, texts, batch_size or 64, progress)
         try:
             return torch.from_numpy(store.lookup(texts))  # [N, E]
         except TextStoreError:  # a shard found corrupt while reading is quarantined: recompute its rows once
-            self._fill(store, anchor, texts, batch_size or 64)
+            self._fill(store, anchor, texts, batch_size or 64, progress)
             return torch.from_numpy(store.lookup(texts))
 
     @staticmethod
-    def _fill(store: TextStore, anchor: AnchorLike, texts: Sequence[str], batch_size: int) -> None:
-        """Encode the distinct ``texts`` the store lacks and write them as one shard."""
+    def _fill(
+        store: TextStore,
+        anchor: AnchorLike,
+        texts: Sequence[str],
+        batch_size: int,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> None:
+        """Encode the distinct ``texts`` the store lacks, batch by batch, and write them as one shard."""
         misses = store.missing(texts)
         if misses:
             name = getattr(anchor, "name", None) or anchor.fingerprint[:12]
             logger.info("text-embedding cache: %d of %d distinct texts missing for anchor %s; encoding them",
                         len(misses), len(set(texts)), name)  # fmt: skip
-            store.write_shard(misses, encode_checked(anchor, misses, batch_size))
+            if progress is not None:
+                progress(0, len(misses))
+            parts = []
+            for start in range(0, len(misses), batch_size):
+                part = encode_checked(anchor, misses[start : start + batch_size], batch_size)
+                parts.append(part.numpy())  # [b, E]; numpy, not torch.cat: safe in a forked writer
+                if progress is not None:
+                    progress(min(start + batch_size, len(misses)), len(misses))
+            store.write_shard(misses, np.concatenate(parts))
 
 
 def resolve_anchor(anchor_or_loader: AnchorLike | AnchorConfig | Callable[[], AnchorLike]) -> AnchorLike:

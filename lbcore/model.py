@@ -31,6 +31,7 @@ from lbcore.checkpoint import (
     META_FILE,
     atomic_dir,
     read_meta,
+    resolve_checkpoint_dir,
     state_sha256,
     write_json,
 )
@@ -419,7 +420,7 @@ class BindModel(nn.Module):
         """
         from lbcore.plugins import default_registry
 
-        directory = Path(directory)
+        directory = resolve_checkpoint_dir(directory)  # a run folder stands for its final (else newest) checkpoint
         meta = read_meta(directory)
         anchor = meta["anchor"]
         anchor_cfg = validate_model(AnchorConfig, anchor.get("config", {}), prefix=("anchor",), source=str(directory))
@@ -481,8 +482,9 @@ def _unwrap(module: nn.Module) -> nn.Module:
 def load(
     directory: str | Path, map_location: str | torch.device = "cpu", *, base: Mapping[str, str] | None = None
 ) -> BindModel:
-    """Load a checkpoint folder written by ``lbind train`` or :meth:`BindModel.save_pretrained` (``base``: see
-    :meth:`BindModel.from_pretrained`)."""
+    """Load a checkpoint folder written by ``lbind train`` or :meth:`BindModel.save_pretrained`, or a run folder
+    (its ``final/`` checkpoint, else its newest step checkpoint; see :func:`lbcore.checkpoint.resolve_checkpoint_dir`).
+    ``base``: see :meth:`BindModel.from_pretrained`."""
     return BindModel.from_pretrained(directory, map_location=map_location, base=base)
 
 
