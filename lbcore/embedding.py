@@ -30,6 +30,7 @@ from lbcore.cards import checkpoint_digest
 from lbcore.checkpoint import write_json
 from lbcore.data import default_workers
 from lbcore.errors import CheckpointError, InputError, LbindError
+from lbcore.hub import checkpoint_folder
 from lbcore.model import BindModel, load, modality_of
 
 if TYPE_CHECKING:
@@ -354,7 +355,7 @@ def embed_job(
     """
     output = Path(output)
     _check_output(output)
-    checkpoint = Path(checkpoint)
+    checkpoint = checkpoint_folder(checkpoint)  # a local folder, or hf://org/name through the cache
     digest = checkpoint_digest(checkpoint)["sha256"]
     model = model if model is not None else load(checkpoint)
     mod = modality_of(model, modality)

@@ -32,6 +32,7 @@ from lbcore.demo import demo_data
 from lbcore.embedding import UnreadableInputsError, embed_files
 from lbcore.errors import EvaluationError
 from lbcore.evalmanifest import TaskChoice, read_eval_manifest
+from lbcore.hub import checkpoint_folder
 from lbcore.model import BindModel, load, modality_of
 from lbcore.plot import PlotData, shorten
 
@@ -464,7 +465,7 @@ def evaluate_checkpoint(
     retrieval between the two. ``model`` skips loading when the caller has the checkpoint's model already.
     """
     started = time.perf_counter()
-    checkpoint = Path(checkpoint)
+    checkpoint = checkpoint_folder(checkpoint)  # a local folder, or hf://org/name through the cache
     meta = read_meta(checkpoint)
     if dataset is not None and manifest is not None:
         raise EvaluationError("give either --dataset/--data-root or --data, not both")
