@@ -25,6 +25,9 @@ def _registry():
     return default_registry().load()
 
 
+CHECKPOINT_HELP = "Checkpoint folder, or a hub id hf://ORG/NAME[@REVISION]."
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("-v", "--verbose", count=True, help="More log output (-v info, -vv debug).")
 @click.version_option(package_name="lbind", prog_name="lbind")
@@ -341,7 +344,7 @@ def _print_card(card: dict[str, Any], card_path: Any, plot_path: Any) -> None:
 
 
 @cli.command("eval")
-@click.option("--checkpoint", "-c", required=True, type=click.Path(file_okay=False), help="Checkpoint folder.")
+@click.option("--checkpoint", "-c", required=True, type=click.Path(file_okay=False), help=CHECKPOINT_HELP)
 @click.option("--modality", "-m", help="Modality to evaluate (default: the checkpoint's only one).")
 @click.option("--dataset", help="Reader name of the modality's plugin (e.g. esc50); with --data-root.")
 @click.option("--data-root", type=click.Path(file_okay=False), help="Root folder of the --dataset layout.")
@@ -425,17 +428,18 @@ def evaluate_command(
 def _only_modality(checkpoint: str, modality: str | None) -> str:
     from lbcore.checkpoint import read_meta
     from lbcore.errors import ConfigError
+    from lbcore.hub import checkpoint_folder
 
     if modality:
         return modality
-    names = list(read_meta(checkpoint)["modalities"])
+    names = list(read_meta(checkpoint_folder(checkpoint))["modalities"])
     if len(names) != 1:
         raise ConfigError(f"{checkpoint} holds {', '.join(names)}: choose one with --modality")
     return names[0]
 
 
 @cli.command()
-@click.option("--checkpoint", "-c", required=True, type=click.Path(file_okay=False), help="Checkpoint folder.")
+@click.option("--checkpoint", "-c", required=True, type=click.Path(file_okay=False), help=CHECKPOINT_HELP)
 @click.option("--modality", "-m", help="Modality of the inputs (default: the checkpoint's only one).")
 @click.argument("inputs", nargs=-1, required=True)
 @click.option(
@@ -511,7 +515,7 @@ class _MediaOptionsCommand(click.Command):
 
 
 @cli.command(cls=_MediaOptionsCommand)
-@click.option("--checkpoint", "-c", required=True, type=click.Path(file_okay=False), help="Checkpoint folder.")
+@click.option("--checkpoint", "-c", required=True, type=click.Path(file_okay=False), help=CHECKPOINT_HELP)
 @click.option("--text", "-t", "texts", multiple=True, required=True, help="A text (repeat): one row each.")
 @click.option("--input", "-i", "pairs", multiple=True, metavar="MODALITY=FILE", help="A media file of any modality.")
 @click.option("--softmax", is_flag=True, help="Show, per file, the softmax over the texts of scale x cosine.")
@@ -664,12 +668,15 @@ def demo(
 def _add_core_commands() -> None:
     """Commands whose implementation lives in its own lbcore module (imported lazily by click callbacks)."""
     from lbcore.convert_cli import convert
+    from lbcore.push_cli import push
     from lbcore.scaffold import new_modality
 
     if "new-modality" not in cli.commands:
         cli.add_command(new_modality)
     if "convert" not in cli.commands:
         cli.add_command(convert)
+    if "push" not in cli.commands:
+        cli.add_command(push)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -12,6 +12,7 @@ metrics found beside the checkpoint. A README.md without :data:`GENERATED_MARK` 
 from __future__ import annotations
 
 import logging
+import math
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -90,7 +91,7 @@ def _modalities_section(meta: Mapping[str, Any]) -> list[str]:
             lora = spec.get("lora") or {}
             weights = f"LoRA adapter (rank {lora.get('rank')}) on `{(spec.get('base') or {}).get('source')}`"
         scale = spec.get("logit_scale")
-        shown = f"{scale:.4f}" if isinstance(scale, (int, float)) else "-"
+        shown = f"{scale:.4f} (x{math.exp(scale):.1f})" if isinstance(scale, (int, float)) else "-"
         lines.append(f"| {name} | {plugin} | {spec.get('version') or '-'} | {weights} | {shown} |")
     return [*lines, ""]
 
