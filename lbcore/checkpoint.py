@@ -41,6 +41,7 @@ import torch
 
 from lbcore import lora as _lora
 from lbcore.errors import CheckpointError
+from lbcore.hub import checkpoint_folder
 
 log = logging.getLogger(__name__)
 
@@ -217,11 +218,12 @@ def prune_step_dirs(output_dir: Path, keep: int) -> None:
         _remove_tree(path)
 
 
-def resolve_checkpoint_dir(path: str | Path) -> Path:
-    """The checkpoint folder ``path`` stands for: ``path`` itself when it holds ``lbind.json``; for a run folder
-    (what ``lbind train --output`` writes), its ``final/`` checkpoint, else its newest ``step-*`` one, with one
-    INFO line saying which was taken. Anything else comes back unchanged, for :func:`read_meta` to report."""
-    path = Path(path)
+def resolve_checkpoint_dir(path: str | os.PathLike[str]) -> Path:
+    """The checkpoint folder ``path`` stands for: a hub id ``hf://org/name[@revision]`` resolved through the
+    Hugging Face cache (:func:`lbcore.hub.checkpoint_folder`); ``path`` itself when it holds ``lbind.json``; for a
+    run folder (what ``lbind train --output`` writes), its ``final/`` checkpoint, else its newest ``step-*`` one,
+    with one INFO line saying which was taken. Anything else comes back unchanged, for :func:`read_meta` to report."""
+    path = checkpoint_folder(path)
     if (path / META_FILE).is_file() or not path.is_dir():
         return path
     chosen = path / FINAL_NAME

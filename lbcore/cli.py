@@ -27,6 +27,9 @@ def _registry():
     return default_registry().load()
 
 
+CHECKPOINT_HELP = "Checkpoint folder, run folder, or a hub id hf://ORG/NAME[@REVISION]."
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("-v", "--verbose", count=True, help="More log output (-v info, -vv debug).")
 @click.version_option(package_name="lbind", prog_name="lbind")
@@ -393,7 +396,7 @@ def _print_card(card: dict[str, Any], card_path: Any, plot_path: Any) -> None:
 
 
 @cli.command("eval")
-@click.option("--checkpoint", "-c", required=True, type=click.Path(file_okay=False), help="Checkpoint or run folder.")
+@click.option("--checkpoint", "-c", required=True, type=click.Path(file_okay=False), help=CHECKPOINT_HELP)
 @click.option("--modality", "-m", help="Modality to evaluate (default: the checkpoint's only one).")
 @click.option("--dataset", help="Reader name of the modality's plugin (e.g. esc50); with --data-root.")
 @click.option("--data-root", type=click.Path(file_okay=False), help="Root folder of the --dataset layout.")
@@ -493,19 +496,19 @@ def _checkpoint_dir(path: str) -> str:
 
 
 def _only_modality(checkpoint: str, modality: str | None) -> str:
-    from lbcore.checkpoint import read_meta
+    from lbcore.checkpoint import read_meta, resolve_checkpoint_dir
     from lbcore.errors import ConfigError
 
     if modality:
         return modality
-    names = list(read_meta(checkpoint)["modalities"])
+    names = list(read_meta(resolve_checkpoint_dir(checkpoint))["modalities"])
     if len(names) != 1:
         raise ConfigError(f"{checkpoint} holds {', '.join(names)}: choose one with --modality")
     return names[0]
 
 
 @cli.command()
-@click.option("--checkpoint", "-c", required=True, type=click.Path(file_okay=False), help="Checkpoint or run folder.")
+@click.option("--checkpoint", "-c", required=True, type=click.Path(file_okay=False), help=CHECKPOINT_HELP)
 @click.option("--modality", "-m", help="Modality of the inputs (default: the checkpoint's only one).")
 @click.argument("inputs", nargs=-1, required=True)
 @click.option(
@@ -582,7 +585,7 @@ class _MediaOptionsCommand(click.Command):
 
 
 @cli.command(cls=_MediaOptionsCommand)
-@click.option("--checkpoint", "-c", required=True, type=click.Path(file_okay=False), help="Checkpoint or run folder.")
+@click.option("--checkpoint", "-c", required=True, type=click.Path(file_okay=False), help=CHECKPOINT_HELP)
 @click.option("--text", "-t", "texts", multiple=True, required=True, help="A text (repeat): one row each.")
 @click.option("--input", "-i", "pairs", multiple=True, metavar="MODALITY=FILE", help="A media file of any modality.")
 @click.option("--softmax", is_flag=True, help="Show, per file, the softmax over the texts of scale x cosine.")
@@ -739,12 +742,15 @@ def demo(
 def _add_core_commands() -> None:
     """Commands whose implementation lives in its own lbcore module (imported lazily by click callbacks)."""
     from lbcore.convert_cli import convert
+    from lbcore.push_cli import push
     from lbcore.scaffold import new_modality
 
     if "new-modality" not in cli.commands:
         cli.add_command(new_modality)
     if "convert" not in cli.commands:
         cli.add_command(convert)
+    if "push" not in cli.commands:
+        cli.add_command(push)
 
 
 def _leading_verbosity(argv: list[str]) -> int:

@@ -355,7 +355,7 @@ def embed_job(
     """
     output = Path(output)
     _check_output(output)
-    checkpoint = resolve_checkpoint_dir(checkpoint)  # a run folder stands for its final (else newest) checkpoint
+    checkpoint = resolve_checkpoint_dir(checkpoint)  # a run folder or hf://org/name[@rev]
     digest = checkpoint_digest(checkpoint)["sha256"]
     model = model if model is not None else load(checkpoint)
     mod = modality_of(model, modality)

@@ -464,7 +464,7 @@ def evaluate_checkpoint(
     retrieval between the two. ``model`` skips loading when the caller has the checkpoint's model already.
     """
     started = time.perf_counter()
-    checkpoint = resolve_checkpoint_dir(checkpoint)  # a run folder stands for its final (else newest) checkpoint
+    checkpoint = resolve_checkpoint_dir(checkpoint)  # a run folder or hf://org/name[@rev]
     meta = read_meta(checkpoint)
     if dataset is not None and manifest is not None:
         raise EvaluationError("give either --dataset/--data-root or --data, not both")

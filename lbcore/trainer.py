@@ -139,15 +139,16 @@ class Trainer:
         self.embed_dim = captions.embed_dim
 
     def _init_encoder(self, name: str, modality: Modality, encoder: nn.Module) -> float | None:
-        """Load the configured initial weights into ``encoder``; return the logit scale (log) they come with."""
+        """Load the configured initial weights into ``encoder``; return the logit scale (log) they come with. The
+        path is passed as a str: the loaders take a hub id there too (lbcore.hub)."""
         from lbcore.convert import load_clip_vision_into, load_languagebind_into
 
         kind, _, init_path = self._init_spec(name).partition(":")
         if kind == "clip":
-            for line in load_clip_vision_into(encoder, Path(init_path).expanduser()):
+            for line in load_clip_vision_into(encoder, init_path):
                 log.info("%s init: %s", name, line)
         elif kind == "languagebind":
-            loaded = load_languagebind_into(encoder, modality, Path(init_path).expanduser())
+            loaded = load_languagebind_into(encoder, modality, init_path)
             for line in loaded.report:
                 log.info("%s init: %s", name, line)
             return loaded.logit_scale  # continue from the release's temperature too
