@@ -82,6 +82,7 @@ class AudioModality(Modality):
     templates = ("a sound of {}.",)
     description = "Audio clips as log-mel spectrograms (Kaldi fbank, three chunks as channels)"
     demo_version = "1"
+    widget = "audio"
 
     config: AudioConfig
 

@@ -54,6 +54,7 @@ class ImageModality(ImageLikeModality):
     presets: ClassVar = {"languagebind": LANGUAGEBIND, "demo": DEMO}
     templates = IMAGENET_TEMPLATES
     description = "RGB images (CLIP preprocessing; LanguageBind_Image is a plain CLIP vision tower)"
+    widget = "image"
     config: RGBConfig
 
     def example_input(self, seed: int = 0) -> np.ndarray:

@@ -41,6 +41,7 @@ class InfraredModality(ImageLikeModality):
     presets: ClassVar = {"languagebind": LANGUAGEBIND, "demo": DEMO}
     templates = IMAGENET_TEMPLATES
     description = "Thermal (infrared) images, any channel count or bit depth"
+    widget = "image"
     config: InfraredConfig
 
     def example_input(self, seed: int = 0) -> np.ndarray:

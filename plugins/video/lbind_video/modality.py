@@ -104,6 +104,7 @@ class VideoModality(ImageLikeModality):
     templates = imagenet_templates("video")  # the 80 CLIP templates, "photo" -> "video"
     description = "Video clips (decord): frames spread over the clip, space-time ViT"
     demo_version = "1"
+    widget = "video"
 
     config: VideoConfig
 
