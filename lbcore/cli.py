@@ -739,6 +739,25 @@ def demo(
         sys.exit(1)
 
 
+@cli.command()
+@click.option(
+    "--checkpoint", "-c", "checkpoints", multiple=True, type=click.Path(file_okay=False),
+    help="Checkpoint folder (repeat for several; default: the demo checkpoints runs/demo/<modality>/final).",
+)  # fmt: skip
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to serve on (local only by default).")
+@click.option("--port", type=int, help="Port (default: the first free one from 7860).")
+def app(checkpoints: tuple[str, ...], host: str, port: int | None) -> None:
+    """Serve the interactive demo as a local web page: text <-> media, zero-shot, media <-> media, the model."""
+    from lbcore.appview import start
+
+    running = start(checkpoints or None, host=host, port=port)
+    console.print(f"lbind app: [bold]{running.url}[/] ({', '.join(running.session.modalities)}); Ctrl+C stops it")
+    try:
+        running.wait()
+    finally:
+        running.close()
+
+
 def _add_core_commands() -> None:
     """Commands whose implementation lives in its own lbcore module (imported lazily by click callbacks)."""
     from lbcore.convert_cli import convert

@@ -54,6 +54,9 @@ class Modality(ABC):
     demo_version: ClassVar[str] = "1"  # bump when the demo generator's output changes (cache key)
     extensions: ClassVar[tuple[str, ...]] = ()
     releases: ClassVar[Sequence[ReleaseLayout]] = ()
+    # The upload widget `lbind app` shows for this modality's files: "audio", "video" or "image" (the browser
+    # previews the file; it reaches preprocess() unchanged), or "file" (a plain file upload, for anything else).
+    widget: ClassVar[str] = "file"
 
     def __init__(self, config: ModalityConfig | Mapping[str, Any] | None = None) -> None:
         if config is None:

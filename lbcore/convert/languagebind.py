@@ -221,7 +221,7 @@ def read_languagebind(path: str | Path, modality_cls: type[Modality] | None = No
     if not path.is_dir():
         raise CheckpointError(
             f"{path}: not a directory; expected a downloaded LanguageBind checkpoint folder "
-            "(config.json and model.safetensors or pytorch_model.bin), e.g. from LanguageBind/LanguageBind_Depth"
+            "(config.json and model.safetensors or pytorch_model.bin), or a hub id such as LanguageBind/<release>"
         )
     config_path = path / "config.json"
     if not config_path.is_file():

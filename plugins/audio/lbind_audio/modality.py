@@ -121,6 +121,7 @@ class AudioModality(Modality):
     extensions = AUDIO_EXTENSIONS
     releases = (LANGUAGEBIND_RELEASE,)
     demo_version = "1"
+    widget = "audio"
 
     config: AudioConfig
 
