@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from lbcore.checkpoint import FINAL_NAME, find_latest, step_dir_name, write_json
-from lbcore.data import Batch, ErrorBudget, derive_seed
+from lbcore.data import Batch, ErrorBudget
 from lbcore.engine import ContrastiveEngine, StepResult
 from lbcore.errors import ConfigError
 from lbcore.lora import apply_lora
@@ -38,6 +38,7 @@ from lbcore.model import BindModel
 from lbcore.optim import build_optimizer, build_scheduler
 from lbcore.runconfig import TrainPlan, resolve_config
 from lbcore.runstate import adapter_modalities, open_metrics, restore_checkpoint, save_checkpoint
+from lbcore.samples import derive_seed
 from lbcore.traindata import build_loaders, caption_tables, open_datasets, steps_per_epoch
 
 log = logging.getLogger(__name__)

@@ -26,9 +26,10 @@ import torch.nn.functional as F
 
 import lbcore
 from lbcore.config import AnchorConfig
-from lbcore.data import Batch, ErrorBudgetExceeded, ManifestError
+from lbcore.data import Batch, ErrorBudgetExceeded
 from lbcore.errors import ConfigError
 from lbcore.loss import LOGIT_SCALE_MAX, contrastive_loss
+from lbcore.manifest import ManifestError
 from lbcore.model import BindModel
 from lbcore.plugins import default_registry
 
@@ -45,7 +46,7 @@ import torch
 
 from lbcore import hookimpl
 from lbcore.config import ModalityConfig
-from lbcore.data import write_manifest
+from lbcore.manifest import write_manifest
 from lbcore.errors import InputError
 from lbcore.modality import Modality
 from lbcore.nn import PatchStem1d, PatchStem2d
