@@ -32,6 +32,9 @@ class Modality(ABC):
     templates: ClassVar[Sequence[str]] = ("{}",)
     description: ClassVar[str] = ""
     demo_version: ClassVar[str] = "1"  # bump when the demo generator's output changes (cache key)
+    # The file suffixes this modality reads, lower-case with the dot (".wav", ".flac"); () means any file.
+    # `lbind embed DIR` takes only files with one of them when a folder is walked.
+    extensions: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, config: ModalityConfig | Mapping[str, Any] | None = None) -> None:
         if config is None:
