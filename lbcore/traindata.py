@@ -13,7 +13,7 @@ import gc
 import logging
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -56,15 +56,12 @@ def open_datasets(
             else:
                 manifests[name] = demo_data(modality, seed=cfg.demo_seed)["train"]
                 log.info("%s: no manifest given; training on the demo dataset %s", name, manifests[name])
-    users: dict[str, list[str]] = {}
-    for name, path in manifests.items():
-        users.setdefault(os.path.abspath(path), []).append(name)
     problems: list[str] = []
     read: dict[str, Manifest] = {}
     datasets: dict[str, TrainDataset] = {}
     for index, (name, modality) in enumerate(modalities.items()):
         try:
-            rows = _rows_of(manifests[name], name, users[os.path.abspath(manifests[name])], read)
+            rows = _rows_of(manifests[name], name, read)
         except ManifestError as err:
             if str(err) not in problems:  # a manifest shared by several modalities fails once
                 problems.append(str(err))
@@ -75,22 +72,13 @@ def open_datasets(
     return modalities, manifests, datasets
 
 
-def _rows_of(path: Path, modality: str, users: Sequence[str], read: dict[str, Manifest]) -> Manifest:
-    """The rows of the manifest ``path`` that ``modality`` trains on, captions and files checked.
-
-    ``users``: every modality of the run that reads this manifest; ``read``: manifests read so far, by path.
-    """
+def _rows_of(path: Path, modality: str, read: dict[str, Manifest]) -> Manifest:
+    """The rows of the manifest ``path`` that ``modality`` trains on (all rows of a plain manifest, the rows with
+    its key of a paired one), captions and files checked. ``read``: manifests read so far, by path."""
     key = os.path.abspath(path)
     if key not in read:
         read[key] = Manifest.read(path)
-    manifest = read[key]
-    if not manifest.paired and len(users) > 1:
-        raise ManifestError(
-            f"{path}: {' and '.join(users)} share this manifest, but its rows name one 'path'; a manifest for "
-            f'several modalities needs one key per modality, e.g. {{"{users[0]}": "a", "{users[1]}": "b", '
-            '"caption": "..."}'
-        )
-    rows = manifest.rows_of(modality)
+    rows = read[key].rows_of(modality)
     rows.require_captions("training")
     rows.check_files([rows.column_for(modality)])
     return rows

@@ -10,8 +10,7 @@ for captions and augmentation, which is what makes ``resume`` continue exactly.
 Several processes: ``accelerate launch --multi_gpu --num_processes N -m lbcore.cli train ...`` or
 ``torchrun --nproc_per_node N -m lbcore.cli train ...``; without a GPU the processes talk over gloo. (accelerate
 1.x's ``launch --cpu`` starts a single process unless it is given an MPI host file.) ``--batch-size`` is the
-global batch: each process takes batch / (processes x grad_accum) samples per micro-batch, and N processes see
-exactly the batches one process would.
+global batch, shared out as :mod:`lbcore.traindata` says: N processes see exactly the batches one process would.
 """
 
 from __future__ import annotations
