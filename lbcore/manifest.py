@@ -113,10 +113,7 @@ def _path_columns(record: Mapping[str, Any], where: str) -> tuple[dict[str, str]
             invalid[key] = f"{key!r} is {_shown(value)}, not a file path"
     if not paths:
         found = f" ({'; '.join(invalid.values())})" if invalid else ""
-        raise ManifestError(
-            f"{where}: no media path{found}; expected 'path', or one key per modality such as "
-            '{"video": "a.mp4", "audio": "a.wav"}'
-        )
+        raise ManifestError(f"{where}: no media path{found}; expected 'path', or one key per modality naming its file")
     return paths, invalid
 
 
