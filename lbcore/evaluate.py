@@ -1,7 +1,7 @@
 """Zero-shot evaluation of one checkpoint on one dataset: the runner behind ``lbind eval``.
 
 The data comes from a reader's layout (``dataset_readers()`` of the modality's plugin), an evaluation manifest
-(:mod:`lbcore.evalmanifest`: plain rows for one modality, or paired rows for *fused* zero-shot and *emergent*
+(:func:`lbcore.datasets.read_eval_manifest`: plain rows for one modality, or paired rows for *fused* zero-shot and *emergent*
 retrieval between two modalities), or the modality's demo test split.
 
 The scores are those of :mod:`lbcore.metrics`; caption and prompt embeddings come from the checkpoint's anchor
@@ -27,11 +27,10 @@ import torch.nn.functional as F
 
 from lbcore import __version__, cards, metrics
 from lbcore.checkpoint import read_meta, resolve_checkpoint_dir
-from lbcore.datasets import EvalDataset
+from lbcore.datasets import EvalDataset, TaskChoice, read_eval_manifest
 from lbcore.demo import demo_data
 from lbcore.embedding import UnreadableInputsError, embed_files
 from lbcore.errors import EvaluationError
-from lbcore.evalmanifest import TaskChoice, read_eval_manifest
 from lbcore.model import BindModel, load, modality_of
 from lbcore.plot import PlotData, shorten
 
@@ -79,7 +78,7 @@ _MOVED = {
         "lbcore.cards",
     ),
     "write_plot": "lbcore.plot",
-    "RESERVED_KEYS": "lbcore.evalmanifest",
+    "RESERVED_KEYS": "lbcore.manifest",
 }
 
 

@@ -52,6 +52,8 @@ class Modality(ABC):
     template_sets: ClassVar[Mapping[str, Sequence[str]]] = {}
     description: ClassVar[str] = ""
     demo_version: ClassVar[str] = "1"  # bump when the demo generator's output changes (cache key)
+    # The file suffixes this modality reads, lower-case with the dot (".wav", ".flac"); () means any file.
+    # `lbind embed DIR` takes only files with one of them when a folder is walked.
     extensions: ClassVar[tuple[str, ...]] = ()
     releases: ClassVar[Sequence[ReleaseLayout]] = ()
     # The upload widget `lbind app` shows for this modality's files: "audio", "video" or "image" (the browser

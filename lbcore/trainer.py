@@ -10,8 +10,7 @@ for captions and augmentation, which is what makes ``resume`` continue exactly.
 Several processes: ``accelerate launch --multi_gpu --num_processes N -m lbcore.cli train ...`` or
 ``torchrun --nproc_per_node N -m lbcore.cli train ...``; without a GPU the processes talk over gloo. (accelerate
 1.x's ``launch --cpu`` starts a single process unless it is given an MPI host file.) ``--batch-size`` is the
-global batch: each process takes batch / (processes x grad_accum) samples per micro-batch, and N processes see
-exactly the batches one process would.
+global batch, shared out as :mod:`lbcore.traindata` says: N processes see exactly the batches one process would.
 """
 
 from __future__ import annotations
@@ -29,7 +28,7 @@ import torch
 from torch import nn
 
 from lbcore.checkpoint import FINAL_NAME, find_latest, step_dir_name, write_json
-from lbcore.data import Batch, ErrorBudget, derive_seed
+from lbcore.data import Batch, ErrorBudget
 from lbcore.engine import ContrastiveEngine, StepResult
 from lbcore.errors import ConfigError
 from lbcore.lora import apply_lora
@@ -38,6 +37,7 @@ from lbcore.model import BindModel
 from lbcore.optim import build_optimizer, build_scheduler
 from lbcore.runconfig import TrainPlan, resolve_config
 from lbcore.runstate import adapter_modalities, open_metrics, restore_checkpoint, save_checkpoint
+from lbcore.samples import derive_seed
 from lbcore.traindata import build_loaders, caption_tables, open_datasets, steps_per_epoch
 
 log = logging.getLogger(__name__)

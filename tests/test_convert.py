@@ -525,7 +525,7 @@ def test_load_languagebind_into_checks_modality_resizes_grid_and_explains_dimens
 
 
 def test_train_init_languagebind_continues_from_the_release(tmp_path: Path) -> None:
-    from lbcore.data import write_manifest
+    from lbcore.manifest import write_manifest
     from lbcore.runconfig import TrainConfig
 
     clip = tiny_clip(10)

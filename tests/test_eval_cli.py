@@ -33,7 +33,7 @@ from torch import nn
 
 from lbcore import hookimpl
 from lbcore.config import ModalityConfig
-from lbcore.data import write_manifest
+from lbcore.manifest import write_manifest
 from lbcore.datasets import folder_per_class
 from lbcore.errors import InputError
 from lbcore.modality import Modality

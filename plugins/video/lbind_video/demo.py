@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lbcore.data import write_manifest
+from lbcore.manifest import write_manifest
 
 SIZE = 64  # frame side: decord 0.6 mis-strides some widths (16, 24, 48, 72, ...), 64 reads back exactly
 FRAMES = 12
