@@ -17,19 +17,22 @@ import importlib
 import logging
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
 from lbcore import __version__
 from lbcore.cards import checkpoint_digest
-from lbcore.checkpoint import resolve_checkpoint_dir
+from lbcore.checkpoint import read_meta, resolve_checkpoint_dir
 from lbcore.embedstore import SIDECAR_FORMAT, SIDECAR_VERSION, EmbedStore, check_output, lock_output, sidecar_path
 from lbcore.errors import CheckpointError, InputError, LbindError
-from lbcore.model import BindModel, load, modality_of
-from lbcore.samples import PreprocessDataset, SurvivorCollator, default_workers
+from lbcore.modality import Modality
+from lbcore.model import BindModel, checkpoint_modality, load, modality_of
+from lbcore.samples import Collated, PreprocessDataset, Preprocessed, SurvivorCollator
+from lbcore.threads import ThreadsConfig, choose_policy, worker_init_fn
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +43,7 @@ __all__ = [
     "collect_inputs",
     "embed_files",
     "embed_job",
+    "embed_workers",
     "iter_embeddings",
     "media_similarity",
     "sidecar_path",
@@ -84,6 +88,88 @@ class EmbeddedBatch:
     failures: dict[int, str]
 
 
+EMBED_WORKER_SHARE = 1.0
+"""Share of the cores the automatic thread policy gives to preprocessing workers in embedding jobs: their
+preprocessing (decoding) is most of the work, and a worker sleeps whenever the prefetch queue is full."""
+LOAD_CHUNK = 4
+"""Items per DataLoader fetch: small, so that the workers share the last items evenly and few are in flight."""
+PREFETCH = 2
+"""Fetches each worker may have ready ahead of the encoder (bounds the preprocessed items held in memory)."""
+Precision = Literal["float32", "bfloat16"]
+PRECISIONS: tuple[str, ...] = ("float32", "bfloat16")
+"""The encoder's compute precision in embedding jobs (rows are written as float32 either way)."""
+
+
+def embed_workers(num_workers: int | None = None, threads: ThreadsConfig | None = None) -> int:
+    """Preprocessing workers of an embedding job: ``num_workers`` when given, else the thread policy's (config,
+    ``LBIND_NUM_WORKERS``, else a share of the usable cores; see :mod:`lbcore.threads`)."""
+    if num_workers is not None:
+        if num_workers < 0:
+            raise InputError(None, f"{num_workers} workers", "zero or more DataLoader workers")
+        return num_workers
+    return choose_policy(threads, worker_share=EMBED_WORKER_SHARE, busy=0.0).workers
+
+
+def _as_list(samples: list[Preprocessed]) -> list[Preprocessed]:
+    return samples  # the DataLoader's collate_fn: items are batched in the main process (see _batches)
+
+
+def _fetches(modality: Modality, items: Sequence[Any], workers: int) -> Iterator[list[Preprocessed]]:
+    """Start preprocessing ``items`` (``train=False``) in ``workers`` processes (0: in this one) and return the
+    iterator over their fetches of up to :data:`LOAD_CHUNK` items, in order. Workers start at once."""
+    workers = min(workers, -(-len(items) // LOAD_CHUNK))  # no more workers than fetches
+    loader = torch.utils.data.DataLoader(
+        PreprocessDataset(modality, items),
+        batch_size=LOAD_CHUNK,
+        shuffle=False,
+        num_workers=workers,
+        collate_fn=_as_list,
+        worker_init_fn=worker_init_fn if workers else None,
+        prefetch_factor=PREFETCH if workers else None,
+    )
+    return iter(loader)
+
+
+def _batches(modality: Modality, fetches: Iterator[list[Preprocessed]], batch_size: int) -> Iterator[Collated]:
+    """Regroup the fetched items into batches of ``batch_size`` items (the last one shorter), survivors stacked."""
+    collate = SurvivorCollator(modality)
+    pending: list[Preprocessed] = []
+    for fetch in fetches:
+        pending.extend(fetch)
+        while len(pending) >= batch_size:
+            yield collate(pending[:batch_size])
+            del pending[:batch_size]
+    if pending:
+        yield collate(pending)
+
+
+def _encoded(
+    model: BindModel, modality: str, batches: Iterator[Collated], precision: Precision = "float32"
+) -> Iterator[EmbeddedBatch]:
+    """Run the encoder over ``batches`` (no autograd state kept; ``bfloat16``: under autocast); embeddings
+    float32 on the CPU, normalised."""
+    if precision not in PRECISIONS:
+        raise InputError(None, f"precision {precision!r}", " or ".join(PRECISIONS))
+    was_training = model.training
+    model.eval()
+    cuda = model.device.type == "cuda"
+    try:
+        for batch in batches:
+            if batch.inputs is None:
+                emb = torch.empty(0, model.embed_dim or 0)
+            else:
+                inputs = batch.inputs.pin_memory() if cuda else batch.inputs  # pinned: an async copy to the GPU
+                with torch.inference_mode(), _autocast(model.device, precision):
+                    emb = model.encode(modality, inputs.to(model.device, non_blocking=cuda)).float().cpu()
+            yield EmbeddedBatch(batch.indices, emb, batch.failures)
+    finally:
+        model.train(was_training)
+
+
+def _autocast(device: torch.device, precision: Precision) -> Any:
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bfloat16")
+
+
 def iter_embeddings(
     model: BindModel,
     modality: str,
@@ -94,31 +180,15 @@ def iter_embeddings(
 ) -> Iterator[EmbeddedBatch]:
     """Embed ``items`` (paths or arrays) batch by batch, in order; embeddings are float32 CPU, normalised.
 
-    Workers preprocess with ``train=False``; the model runs in the calling process, without gradients.
+    Workers (``num_workers``, default: :func:`embed_workers`) preprocess with ``train=False``, one torch thread
+    each (:func:`~lbcore.threads.worker_init_fn`), a bounded number of items ahead of the encoder, which runs
+    in the calling process without gradients. Batches hold the same items as :meth:`BindModel.embed`'s.
     """
     if batch_size <= 0:
         raise InputError(None, f"batch size {batch_size}", "a positive batch size")
     mod = modality_of(model, modality)
-    workers = default_workers() if num_workers is None else num_workers
-    loader = torch.utils.data.DataLoader(
-        PreprocessDataset(mod, items),
-        batch_size=batch_size,
-        shuffle=False,
-        num_workers=min(workers, max(len(items) // batch_size, 1)) if workers else 0,
-        collate_fn=SurvivorCollator(mod),
-    )
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            for batch in loader:
-                if batch.inputs is None:
-                    emb = torch.empty(0, model.embed_dim or 0)
-                else:
-                    emb = model.encode(modality, batch.inputs.to(model.device)).float().cpu()
-                yield EmbeddedBatch(batch.indices, emb, batch.failures)
-    finally:
-        model.train(was_training)
+    fetches = _fetches(mod, items, embed_workers(num_workers))
+    yield from _encoded(model, modality, _batches(mod, fetches, batch_size))
 
 
 @dataclass
@@ -225,22 +295,29 @@ class EmbedJobResult:
     failed: dict[str, str] = field(default_factory=dict)  # requested inputs that could not be read, with why
 
 
-def _sidecar_header(model: BindModel, modality: str, checkpoint: Path, digest: str) -> dict[str, Any]:
-    """The sidecar's description of the job: everything but its rows and failures."""
-    if model.embed_dim is None:
+def _sidecar_header(modality: str, checkpoint: Path, digest: str, embed_dim: Any) -> dict[str, Any]:
+    """The sidecar's description of the job: everything but its rows and failures (``anchor`` is filled in
+    from the loaded model, see :func:`_anchor_entry`)."""
+    if not isinstance(embed_dim, int) or embed_dim <= 0:
         raise CheckpointError(f"{checkpoint}: the model does not record its embedding size")
     return {
         "format": SIDECAR_FORMAT,
         "format_version": SIDECAR_VERSION,
         "lbind_version": __version__,
         "modality": modality,
-        "embed_dim": int(model.embed_dim),
+        "embed_dim": embed_dim,
         "dtype": "float32",
         "normalized": True,
         "array": None,  # set by embed_job: the output's file name
         "checkpoint": {"path": str(checkpoint.resolve()), "sha256": digest},
-        "anchor": {"name": model.anchor_cfg.name, "fingerprint": model.anchor_fingerprint},
+        "anchor": None,
     }
+
+
+def _anchor_entry(model: BindModel, checkpoint: Path, embed_dim: int) -> dict[str, Any]:
+    if model.embed_dim != embed_dim:
+        raise CheckpointError(f"{checkpoint}: the model embeds into {model.embed_dim} dimensions, not {embed_dim}")
+    return {"name": model.anchor_cfg.name, "fingerprint": model.anchor_fingerprint}
 
 
 def _plan(store: EmbedStore, files: Sequence[Path], missing: Mapping[str, str], result: EmbedJobResult) -> list[Path]:
@@ -259,19 +336,16 @@ def _plan(store: EmbedStore, files: Sequence[Path], missing: Mapping[str, str], 
 
 def _embed_into(
     store: EmbedStore,
-    model: BindModel,
-    modality: str,
     todo: Sequence[Path],
+    batches: Iterator[EmbeddedBatch],
     result: EmbedJobResult,
     *,
-    batch_size: int,
-    num_workers: int | None,
     save_every: int,
     progress: ProgressCallback | None,
 ) -> None:
-    """Embed ``todo`` into ``store``, saving every ``save_every`` new rows and at the end (also on interruption)."""
+    """Write ``batches`` (of ``todo``) into ``store``, saving every ``save_every`` new rows and at the end (also
+    on interruption)."""
     completed = 0
-    batches = iter_embeddings(model, modality, todo, batch_size=batch_size, num_workers=num_workers)
     try:
         for batch in batches:
             names = [str(todo[i]) for i in batch.indices]
@@ -292,6 +366,17 @@ def _embed_into(
         result.rows = len(store)
 
 
+@contextmanager
+def _torch_threads(count: int) -> Iterator[None]:
+    """torch's intra-op threads in this process set to ``count`` for the block, then back."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def embed_job(
     checkpoint: str | Path,
     modality: str,
@@ -300,6 +385,8 @@ def embed_job(
     *,
     batch_size: int = 32,
     num_workers: int | None = None,
+    threads: ThreadsConfig | None = None,
+    precision: Precision = "float32",
     save_every: int = 4096,
     progress: ProgressCallback | None = None,
     model: BindModel | None = None,
@@ -311,31 +398,40 @@ def embed_job(
     logged, listed in the sidecar's ``failed`` and in the result, and the job carries on. The output is
     committed (atomically, see :mod:`lbcore.embedstore`) every ``save_every`` new rows and at the end, also when
     the run is interrupted; :class:`~lbcore.embedstore.OutputLockedError` if another job writes ``output``.
+
+    Threads (:mod:`lbcore.threads`, ``threads`` then the environment, then automatic): ``num_workers`` (default:
+    the policy's, a share of the cores) preprocess in worker processes started before the model is loaded, so
+    they hold none of its weights and their first batches overlap its loading; this process runs the encoder
+    with the policy's torch threads, a bounded number of items behind the workers. ``precision="bfloat16"`` runs
+    the encoder under bfloat16 autocast (faster where the CPU or GPU has bfloat16 matrix units; the rows differ
+    from float32's in about the third significant digit) and still writes float32 rows.
     """
+    if batch_size <= 0:
+        raise InputError(None, f"batch size {batch_size}", "a positive batch size")
     output = Path(output)
     check_output(output)
     checkpoint = resolve_checkpoint_dir(checkpoint)  # a run folder or hf://org/name[@rev]
     digest = checkpoint_digest(checkpoint)["sha256"]
-    model = model if model is not None else load(checkpoint)
-    mod = modality_of(model, modality)
-    header = {**_sidecar_header(model, modality, checkpoint, digest), "array": output.name}
-    with lock_output(output):
+    if model is not None:
+        mod, embed_dim = modality_of(model, modality), model.embed_dim
+    else:
+        mod, embed_dim = checkpoint_modality(checkpoint, modality), read_meta(checkpoint)["anchor"].get("embed_dim")
+    header = {**_sidecar_header(modality, checkpoint, digest, embed_dim), "array": output.name}
+    policy = choose_policy(threads, worker_share=EMBED_WORKER_SHARE)
+    workers = embed_workers(num_workers if num_workers is not None else policy.workers)
+    if precision not in PRECISIONS:
+        raise InputError(None, f"precision {precision!r}", " or ".join(PRECISIONS))
+    with lock_output(output), _torch_threads(policy.torch_threads):
         store = EmbedStore.open(output, header)
         result = EmbedJobResult(output, sidecar_path(output), len(store))
         files, missing = collect_inputs(inputs, mod.extensions)
         todo = _plan(store, files, missing, result)
+        fetches = _fetches(mod, todo, workers)  # the workers start now, before the weights are in memory
+        model = model if model is not None else load(checkpoint)
+        store.header["anchor"] = _anchor_entry(model, checkpoint, embed_dim)
         store.claim()
-        _embed_into(
-            store,
-            model,
-            modality,
-            todo,
-            result,
-            batch_size=batch_size,
-            num_workers=num_workers,
-            save_every=save_every,
-            progress=progress,
-        )
+        batches = _encoded(model, modality, _batches(mod, fetches, batch_size), precision)
+        _embed_into(store, todo, batches, result, save_every=save_every, progress=progress)
     return result
 
 

@@ -423,8 +423,6 @@ class BindModel(nn.Module):
         adapter merged in. ``base`` replaces recorded base sources by modality (e.g. ``{"depth": "clip:/new/path"}``
         when the base weights moved); the hash must still match.
         """
-        from lbcore.plugins import default_registry
-
         directory = resolve_checkpoint_dir(directory)  # a run folder or hf://org/name[@rev]
         meta = read_meta(directory)
         anchor = meta["anchor"]
@@ -440,26 +438,7 @@ class BindModel(nn.Module):
         encoders: dict[str, nn.Module] = {}
         scales: dict[str, float] = {}
         for name, spec in meta["modalities"].items():
-            try:
-                reg = default_registry().registered(name)
-            except ModalityNotFoundError as err:
-                raise ModalityNotFoundError(
-                    f"{directory}: the checkpoint needs modality {name!r} from plugin "
-                    f"{spec.get('distribution') or spec.get('plugin') or spec.get('module')!r}: {err}"
-                ) from err
-            if spec.get("version") and reg.plugin.version and spec["version"] != reg.plugin.version:
-                log.warning(
-                    "%s: %s was saved with plugin %s %s; %s is installed",
-                    directory,
-                    name,
-                    spec.get("plugin"),
-                    spec["version"],
-                    reg.plugin.version,
-                )
-            config = validate_model(
-                reg.cls.Config, spec.get("config", {}), ("modalities", name, "config"), str(directory)
-            )
-            modality = reg.cls(config)
+            modality = _configured_modality(directory, name, spec)
             encoder = modality.build_encoder(embed_dim)
             load_encoder_weights(directory, spec, encoder, modality, base_overrides=base)
             modalities[name] = modality
@@ -469,6 +448,42 @@ class BindModel(nn.Module):
             anchor_cfg, encoders, modalities, scales, anchor_fingerprint=anchor.get("fingerprint"), embed_dim=embed_dim
         )
         return model.to(map_location).eval()
+
+
+def _configured_modality(directory: Path, name: str, spec: Mapping[str, Any]) -> Modality:
+    """Modality ``name`` configured as the checkpoint's ``lbind.json`` entry ``spec`` says, through its plugin."""
+    from lbcore.plugins import default_registry
+
+    try:
+        reg = default_registry().registered(name)
+    except ModalityNotFoundError as err:
+        raise ModalityNotFoundError(
+            f"{directory}: the checkpoint needs modality {name!r} from plugin "
+            f"{spec.get('distribution') or spec.get('plugin') or spec.get('module')!r}: {err}"
+        ) from err
+    if spec.get("version") and reg.plugin.version and spec["version"] != reg.plugin.version:
+        log.warning(
+            "%s: %s was saved with plugin %s %s; %s is installed",
+            directory,
+            name,
+            spec.get("plugin"),
+            spec["version"],
+            reg.plugin.version,
+        )
+    config = validate_model(reg.cls.Config, spec.get("config", {}), ("modalities", name, "config"), str(directory))
+    return reg.cls(config)
+
+
+def checkpoint_modality(directory: str | Path, name: str) -> Modality:
+    """Modality ``name`` of a checkpoint (or run folder / hub id), configured as it was trained, without loading
+    any weights: what preprocessing needs (e.g. DataLoader workers started before the model is loaded)."""
+    directory = resolve_checkpoint_dir(directory)
+    specs = read_meta(directory)["modalities"]
+    if name not in specs:
+        raise ModalityNotFoundError(
+            f"{directory}: the checkpoint has no modality {name!r}; it has {', '.join(sorted(specs)) or 'none'}"
+        )
+    return _configured_modality(directory, name, specs[name])
 
 
 def _unwrap(module: nn.Module) -> nn.Module:

@@ -54,6 +54,11 @@ class Vec(Modality):
         if log and isinstance(item, (str, os.PathLike)):
             with open(log, "a") as f:
                 f.write(f"{item}\\n")
+        threads_log = os.environ.get("LBFAKE_VEC_THREADS_LOG")
+        if threads_log:
+            decoder = os.environ.get("LBIND_DECODER_THREADS")
+            with open(threads_log, "a") as f:
+                f.write(f"{os.getpid()} {torch.get_num_threads()} {decoder}\\n")
         if isinstance(item, (str, os.PathLike)):
             try:
                 item = np.load(item, allow_pickle=False)
@@ -379,3 +384,75 @@ def test_the_lock_holds_across_processes(ckpt: Path, tmp_path: Path) -> None:
         holder.stdin.close()
         assert holder.wait(timeout=60) == 0
     assert embed_job(ckpt, "vec", [data], out, num_workers=0).rows == 3  # released when that process ended
+
+
+# ------------------------------------------------------------------------------------ the job's pipeline
+def test_workers_preprocess_with_one_thread_each_and_the_job_restores_torch_threads(
+    ckpt: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import os
+
+    import torch
+
+    from lbcore.embedding import embed_job
+
+    data = tmp_path / "data"
+    for i in range(12):
+        write_vec(data / f"v{i:02d}.npy", [i + 1, 1, 0, 0])
+    log = tmp_path / "threads.log"
+    monkeypatch.setenv("LBFAKE_VEC_THREADS_LOG", str(log))
+    monkeypatch.delenv("LBIND_DECODER_THREADS", raising=False)
+    before = torch.get_num_threads()
+    result = embed_job(ckpt, "vec", [data], tmp_path / "emb.npy", num_workers=2, batch_size=5)
+    assert torch.get_num_threads() == before
+    assert len(result.embedded) == 12 and result.rows == 12
+    lines = [line.split() for line in log.read_text().splitlines()]
+    assert len(lines) == 12
+    assert {pid for pid, _, _ in lines} - {str(os.getpid())} == {pid for pid, _, _ in lines}  # all in workers
+    assert len({pid for pid, _, _ in lines}) == 2
+    assert {(threads, decoder) for _, threads, decoder in lines} == {("1", "1")}  # worker_init_fn ran
+    rows = np.load(tmp_path / "emb.npy")
+    want = np.stack([unit([i + 1, 1, 0, 0]) for i in range(12)])
+    np.testing.assert_allclose(rows, want, atol=1e-6)
+
+
+def test_batches_hold_the_items_of_consecutive_slices_failures_included() -> None:
+    from lbcore.embedding import _batches
+    from lbcore.samples import Preprocessed
+
+    class Stack:
+        name = "vec"
+
+        @staticmethod
+        def collate(tensors: list[Any]) -> Any:
+            import torch
+
+            return torch.stack(tensors)
+
+    import torch
+
+    items = [
+        Preprocessed(i, None, "broken") if i in (3, 4, 9) else Preprocessed(i, torch.full((2,), float(i)), None)
+        for i in range(11)
+    ]
+    fetches = iter([items[0:4], items[4:8], items[8:11]])  # fetches of 4 do not line up with batches of 3
+    batches = list(_batches(Stack(), fetches, 3))  # type: ignore[arg-type]
+    assert [b.indices for b in batches] == [[0, 1, 2], [5], [6, 7, 8], [10]]
+    assert [sorted(b.failures) for b in batches] == [[], [3, 4], [], [9]]
+    assert batches[2].inputs is not None and batches[2].inputs[:, 0].tolist() == [6.0, 7.0, 8.0]
+
+
+def test_bfloat16_rows_are_close_to_float32_rows_and_other_precisions_are_refused(ckpt: Path, tmp_path: Path) -> None:
+    from lbcore.embedding import embed_job
+    from lbcore.errors import InputError
+
+    data = tmp_path / "data"
+    make_inputs(data)
+    embed_job(ckpt, "vec", [data], tmp_path / "f32.npy", num_workers=0)
+    embed_job(ckpt, "vec", [data], tmp_path / "bf16.npy", num_workers=0, precision="bfloat16")
+    f32, bf16 = np.load(tmp_path / "f32.npy"), np.load(tmp_path / "bf16.npy")
+    assert bf16.dtype == np.float32
+    np.testing.assert_allclose(bf16, f32, atol=2e-2)
+    assert np.all(np.sum(bf16 * f32, axis=1) > 0.999)
+    with pytest.raises(InputError, match="float16"):
+        embed_job(ckpt, "vec", [data], tmp_path / "x.npy", precision="float16")  # type: ignore[arg-type]
