@@ -103,10 +103,11 @@ def run_stacked(ckpt: str, modality: str, listing: str) -> int:
     return int(emb.shape[0])
 
 
-def run_embed(ckpt: str, modality: str, listing: str, output: str, precision: str) -> int:
+def run_embed(spec: dict[str, Any]) -> int:
     from lbcore.embedding import embed_job
 
-    return len(embed_job(ckpt, modality, ["@" + listing], output, precision=precision).embedded)
+    options = {key: spec[key] for key in ("precision", "prefetch") if key in spec}
+    return len(embed_job(spec["ckpt"], spec["modality"], ["@" + spec["listing"]], spec["output"], **options).embedded)
 
 
 def child(spec: dict[str, Any]) -> None:
@@ -121,9 +122,7 @@ def child(spec: dict[str, Any]) -> None:
     if spec["variant"] == "stacked":
         rows = run_stacked(spec["ckpt"], spec["modality"], spec["listing"])
     else:
-        rows = run_embed(
-            spec["ckpt"], spec["modality"], spec["listing"], spec["output"], spec.get("precision", "float32")
-        )
+        rows = run_embed(spec)
     print(json.dumps({"seconds": time.perf_counter() - start, "rows": rows}), flush=True)
 
 
@@ -239,7 +238,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="Runs per variant, interleaved (default 3).")
     parser.add_argument("--cores", default="0", help="Comma-separated core counts to run under (0: all).")
     parser.add_argument(
-        "--variants", default="stacked,embed", help="stacked, embed, embed-bf16, embed-threads=N (torch threads)."
+        "--variants",
+        default="stacked,embed",
+        help="stacked, embed, embed-bf16, embed-in-threads (prefetch='threads'), embed-threads=N (torch threads).",
     )
     parser.add_argument("--quick", action="store_true", help="A smoke run: 30 video / 8 audio clips, 1 round.")
     parser.add_argument("--write", action="store_true", help="Write the table into benchmarks/RESULTS.md.")
@@ -271,6 +272,8 @@ def main() -> None:
                     spec.update(listing=str(listing), output=str(output))
                     if variant == "embed-bf16":
                         spec.update(variant="embed", precision="bfloat16")
+                    if variant == "embed-in-threads":
+                        spec.update(variant="embed", prefetch="threads")
                     if variant.startswith("embed-threads="):
                         spec["env"] = {"LBIND_NUM_THREADS": variant.split("=")[1]}
                     run = measure(spec, n_cores or None)

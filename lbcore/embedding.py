@@ -16,7 +16,9 @@ from __future__ import annotations
 import importlib
 import logging
 import warnings
+from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -95,6 +97,11 @@ LOAD_CHUNK = 4
 """Items per DataLoader fetch: small, so that the workers share the last items evenly and few are in flight."""
 PREFETCH = 2
 """Fetches each worker may have ready ahead of the encoder (bounds the preprocessed items held in memory)."""
+Prefetch = Literal["processes", "threads"]
+PREFETCH_MODES: tuple[str, ...] = ("processes", "threads")
+"""Where embedding jobs preprocess: DataLoader worker processes (any plugin; each a process of its own) or
+threads of the job's process (no second copy of the runtime; as parallel as the plugin's preprocessing releases
+the GIL, which decoders and torch operations do)."""
 Precision = Literal["float32", "bfloat16"]
 PRECISIONS: tuple[str, ...] = ("float32", "bfloat16")
 """The encoder's compute precision in embedding jobs (rows are written as float32 either way)."""
@@ -114,12 +121,52 @@ def _as_list(samples: list[Preprocessed]) -> list[Preprocessed]:
     return samples  # the DataLoader's collate_fn: items are batched in the main process (see _batches)
 
 
-def _fetches(modality: Modality, items: Sequence[Any], workers: int) -> Iterator[list[Preprocessed]]:
-    """Start preprocessing ``items`` (``train=False``) in ``workers`` processes (0: in this one) and return the
-    iterator over their fetches of up to :data:`LOAD_CHUNK` items, in order. Workers start at once."""
+class _ThreadFetches:
+    """Preprocessing in a pool of threads of this process, at most :data:`PREFETCH` x :data:`LOAD_CHUNK` items per
+    thread ahead of the consumer; yields one-item fetches in order. Starts at once."""
+
+    def __init__(self, dataset: PreprocessDataset, threads: int) -> None:
+        self._dataset = dataset
+        self._pool = ThreadPoolExecutor(threads, thread_name_prefix="lbind-preprocess")
+        self._window = threads * PREFETCH * LOAD_CHUNK
+        self._pending: deque[Future[Preprocessed]] = deque()
+        self._next = 0
+        self._fill()
+
+    def _fill(self) -> None:
+        while self._next < len(self._dataset) and len(self._pending) < self._window:
+            self._pending.append(self._pool.submit(self._dataset.__getitem__, self._next))
+            self._next += 1
+
+    def __iter__(self) -> _ThreadFetches:
+        return self
+
+    def __next__(self) -> list[Preprocessed]:
+        if not self._pending:
+            self.close()
+            raise StopIteration
+        item = self._pending.popleft().result()  # the dataset returns failures, it never raises
+        self._fill()
+        return [item]
+
+    def close(self) -> None:
+        self._pending.clear()
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _fetches(
+    modality: Modality, items: Sequence[Any], workers: int, prefetch: Prefetch = "processes"
+) -> Iterator[list[Preprocessed]]:
+    """Start preprocessing ``items`` (``train=False``) in ``workers`` processes or threads (0: in this one, when
+    asked) and return the iterator over their fetches (of up to :data:`LOAD_CHUNK` items), in order."""
+    if prefetch not in PREFETCH_MODES:
+        raise InputError(None, f"prefetch {prefetch!r}", " or ".join(PREFETCH_MODES))
+    dataset = PreprocessDataset(modality, items)
+    if prefetch == "threads" and workers > 0 and items:
+        return _ThreadFetches(dataset, workers)
     workers = min(workers, -(-len(items) // LOAD_CHUNK))  # no more workers than fetches
     loader = torch.utils.data.DataLoader(
-        PreprocessDataset(modality, items),
+        dataset,
         batch_size=LOAD_CHUNK,
         shuffle=False,
         num_workers=workers,
@@ -387,6 +434,7 @@ def embed_job(
     num_workers: int | None = None,
     threads: ThreadsConfig | None = None,
     precision: Precision = "float32",
+    prefetch: Prefetch = "processes",
     save_every: int = 4096,
     progress: ProgressCallback | None = None,
     model: BindModel | None = None,
@@ -404,7 +452,9 @@ def embed_job(
     they hold none of its weights and their first batches overlap its loading; this process runs the encoder
     with the policy's torch threads, a bounded number of items behind the workers. ``precision="bfloat16"`` runs
     the encoder under bfloat16 autocast (faster where the CPU or GPU has bfloat16 matrix units; the rows differ
-    from float32's in about the third significant digit) and still writes float32 rows.
+    from float32's in about the third significant digit) and still writes float32 rows. ``prefetch="threads"``
+    preprocesses in ``num_workers`` threads of this process instead of worker processes (see
+    :data:`PREFETCH_MODES`).
     """
     if batch_size <= 0:
         raise InputError(None, f"batch size {batch_size}", "a positive batch size")
@@ -426,12 +476,16 @@ def embed_job(
         result = EmbedJobResult(output, sidecar_path(output), len(store))
         files, missing = collect_inputs(inputs, mod.extensions)
         todo = _plan(store, files, missing, result)
-        fetches = _fetches(mod, todo, workers)  # the workers start now, before the weights are in memory
-        model = model if model is not None else load(checkpoint)
-        store.header["anchor"] = _anchor_entry(model, checkpoint, embed_dim)
-        store.claim()
-        batches = _encoded(model, modality, _batches(mod, fetches, batch_size), precision)
-        _embed_into(store, todo, batches, result, save_every=save_every, progress=progress)
+        fetches = _fetches(mod, todo, workers, prefetch)  # workers start now, before the weights are in memory
+        try:
+            model = model if model is not None else load(checkpoint)
+            store.header["anchor"] = _anchor_entry(model, checkpoint, embed_dim)
+            store.claim()
+            batches = _encoded(model, modality, _batches(mod, fetches, batch_size), precision)
+            _embed_into(store, todo, batches, result, save_every=save_every, progress=progress)
+        finally:
+            if isinstance(fetches, _ThreadFetches):
+                fetches.close()
     return result
 
 

@@ -456,3 +456,33 @@ def test_bfloat16_rows_are_close_to_float32_rows_and_other_precisions_are_refuse
     assert np.all(np.sum(bf16 * f32, axis=1) > 0.999)
     with pytest.raises(InputError, match="float16"):
         embed_job(ckpt, "vec", [data], tmp_path / "x.npy", precision="float16")  # type: ignore[arg-type]
+
+
+def test_prefetch_in_threads_preprocesses_in_this_process_with_the_same_rows(
+    ckpt: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import os
+    import threading
+
+    from lbcore.embedding import embed_job
+    from lbcore.errors import InputError
+
+    data = tmp_path / "data"
+    for i in range(10):
+        write_vec(data / f"v{i:02d}.npy", [1, i, 0, 2])
+    (data / "v99.npy").write_bytes(b"broken")
+    log = tmp_path / "threads.log"
+    monkeypatch.setenv("LBFAKE_VEC_THREADS_LOG", str(log))
+    before = threading.active_count()
+    result = embed_job(ckpt, "vec", [data], tmp_path / "t.npy", num_workers=2, batch_size=3, prefetch="threads")
+    assert {line.split()[0] for line in log.read_text().splitlines()} == {str(os.getpid())}
+    assert list(result.failed) == [str((data / "v99.npy").resolve())]
+    embed_job(ckpt, "vec", [data], tmp_path / "p.npy", num_workers=2, batch_size=3)
+    np.testing.assert_array_equal(np.load(tmp_path / "t.npy"), np.load(tmp_path / "p.npy"))
+    assert read_sidecar(tmp_path / "t.npy")["inputs"] == read_sidecar(tmp_path / "p.npy")["inputs"]
+    for thread in threading.enumerate():  # the pool's threads end with the job
+        if thread.name.startswith("lbind-preprocess"):
+            thread.join(timeout=10)
+    assert threading.active_count() <= before
+    with pytest.raises(InputError, match="prefetch"):
+        embed_job(ckpt, "vec", [data], tmp_path / "x.npy", prefetch="fibers")  # type: ignore[arg-type]
