@@ -22,6 +22,7 @@ from lbcore.modality import Modality
 from lbcore.nn import PatchStem2d
 from lbcore.release import ReleaseLayout, vision_count
 from lbind_audio import readers
+from lbind_audio.augment import AudioAugmentConfig, augment_waveform, mask_spectrogram
 from lbind_audio.demo import write_demo_dataset
 from lbind_audio.spectrogram import log_mel_chunks
 from lbind_audio.waveform import AUDIO_EXTENSIONS, load_waveform
@@ -43,6 +44,15 @@ DEMO = {
     "mask_ratio": 0.1,
     "lora": {"rank": 0},
     "optim": {"lr": 1e-3, "warmup_steps": 20, "epochs": 20, "batch_size": 32},
+    # Measured on a recording-disjoint split of real clips: benchmarks/audio_aug.py, benchmarks/RESULTS.md.
+    "augment": {
+        "gain_db": 6.0,
+        "time_shift": 0.1,
+        "freq_masks": 2,
+        "freq_mask_width": 6,
+        "time_masks": 2,
+        "time_mask_width": 24,
+    },
 }
 
 
@@ -91,6 +101,13 @@ class AudioConfig(ModalityConfig):
     )
     mean: float = Field(-4.2677393, description="Normalisation: (x - mean) / (2 * std).")
     std: float = Field(4.5689974, gt=0, description="Normalisation: (x - mean) / (2 * std).")
+    augment: AudioAugmentConfig = Field(
+        default_factory=AudioAugmentConfig,
+        description=(
+            "Training-time augmentation (gain, time shift, SpecAugment masks; see lbind_audio.augment). Off by "
+            "default and in the languagebind preset (upstream has none); on in the demo preset."
+        ),
+    )
 
     @model_validator(mode="after")
     def _fits_one_patch(self) -> AudioConfig:
@@ -126,10 +143,14 @@ class AudioModality(Modality):
     config: AudioConfig
 
     def preprocess(self, item: Any, train: bool = False) -> torch.Tensor:
-        """Audio -> ``[3, mel_bins, target_length]`` float32; deterministic unless ``train``."""
+        """Audio -> ``[3, mel_bins, target_length]`` float32; deterministic unless ``train`` (random chunk starts
+        and ``config.augment``, drawn from torch's global generator)."""
         cfg = self.config
         wave = load_waveform(item, cfg.sample_rate, cfg.channels)  # [samples] at cfg.sample_rate
-        return log_mel_chunks(
+        augment = train and cfg.augment.enabled
+        if augment:
+            wave = augment_waveform(wave, cfg.augment)
+        x = log_mel_chunks(
             wave,
             cfg.sample_rate,
             cfg.mel_bins,
@@ -139,6 +160,7 @@ class AudioModality(Modality):
             train=train,
             source=str(item) if isinstance(item, (str, os.PathLike)) else None,
         )
+        return mask_spectrogram(x, cfg.augment) if augment else x
 
     def example_input(self, seed: int = 0) -> np.ndarray:
         """Two seconds of a random tone plus a little noise, at ``config.sample_rate``."""
