@@ -486,3 +486,62 @@ def test_prefetch_in_threads_preprocesses_in_this_process_with_the_same_rows(
     assert threading.active_count() <= before
     with pytest.raises(InputError, match="prefetch"):
         embed_job(ckpt, "vec", [data], tmp_path / "x.npy", prefetch="fibers")  # type: ignore[arg-type]
+
+
+# ----------------------------------------------------------------------------- the output grows in place
+def test_a_npy_output_grows_in_place_and_holds_no_committed_row_in_memory(ckpt: Path, tmp_path: Path) -> None:
+    import os
+
+    from lbcore.embedding import embed_job
+    from lbcore.embedstore import EmbedStore
+
+    data = tmp_path / "data"
+    for i in range(5):
+        write_vec(data / f"v{i}.npy", [i + 1, 0, 1, 0])
+    out = tmp_path / "emb.npy"
+    embed_job(ckpt, "vec", [data], out, num_workers=0, batch_size=2, save_every=1)
+    inode = os.stat(out).st_ino
+    for i in range(5, 9):
+        write_vec(data / f"v{i}.npy", [i + 1, 0, 1, 0])
+    result = embed_job(ckpt, "vec", [data], out, num_workers=0, batch_size=3, save_every=1)
+    assert result.already_done == 5 and len(result.embedded) == 4
+    assert os.stat(out).st_ino == inode  # appended to, not rewritten
+    rows = np.load(out)
+    np.testing.assert_allclose(rows, np.stack([unit([i + 1, 0, 1, 0]) for i in range(9)]), atol=1e-6)
+    assert os.path.getsize(out) == 128 + rows.nbytes  # numpy's padded header, then exactly the rows
+
+    store = EmbedStore.open(out, {**read_sidecar(out), "array": out.name})
+    assert store.parts == [] and store.first_in_memory == 9 and len(store) == 9
+
+
+def test_a_kill_between_the_new_rows_and_the_npy_header_keeps_the_committed_rows(
+    ckpt: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import os
+
+    import lbcore.embedstore
+    from lbcore.embedding import embed_job
+
+    data = tmp_path / "data"
+    for i in range(3):
+        write_vec(data / f"v{i}.npy", [0, i + 1, 0, 1])
+    out = tmp_path / "emb.npy"
+    embed_job(ckpt, "vec", [data], out, num_workers=0)
+    size = os.path.getsize(out)
+    for i in range(3, 6):
+        write_vec(data / f"v{i}.npy", [0, i + 1, 0, 1])
+
+    def killed(fd: int) -> None:  # the first fsync comes after the rows, before the header counts them
+        raise OSError("killed")
+
+    monkeypatch.setattr(lbcore.embedstore.os, "fsync", killed)
+    with pytest.raises(OSError, match="killed"):
+        embed_job(ckpt, "vec", [data], out, num_workers=0)
+    assert os.path.getsize(out) > size  # the new rows are in the file ...
+    assert np.load(out).shape == (3, DIM)  # ... but not counted: the header still says 3
+    assert len(read_sidecar(out)["inputs"]) == 3
+
+    monkeypatch.undo()
+    result = embed_job(ckpt, "vec", [data], out, num_workers=0)
+    assert result.already_done == 3 and result.rows == 6
+    np.testing.assert_allclose(np.load(out), np.stack([unit([0, i + 1, 0, 1]) for i in range(6)]), atol=1e-6)
