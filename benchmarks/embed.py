@@ -24,6 +24,7 @@ import argparse
 import json
 import os
 import platform
+import shlex
 import statistics
 import subprocess
 import sys
@@ -196,6 +197,8 @@ def load_average() -> str:
 
 
 def table(results: dict[tuple[str, str, int], list[dict[str, Any]]], counts: dict[str, int]) -> list[str]:
+    """One row per (modality, variant, cores). ``vs stacked``: the median over rounds of the stacked run's time
+    over this variant's run of the same round (the two ran back to back, under the same load)."""
     lines = [
         "| modality (preset) | clips | variant | cores | wall s (median) | runs | clips/s | vs stacked | "
         "peak RSS MiB | peak PSS MiB |",
@@ -204,12 +207,13 @@ def table(results: dict[tuple[str, str, int], list[dict[str, Any]]], counts: dic
     for (modality, variant, cores), runs in results.items():
         secs = [r["seconds"] for r in runs]
         med = statistics.median(secs)
-        base = results.get((modality, "stacked", cores)) or results.get((modality, "stacked", 0))
-        ratio = statistics.median(r["seconds"] for r in base) / med if base else float("nan")
+        base = results.get((modality, "stacked", cores), [])
+        paired = [b["seconds"] / r["seconds"] for b, r in zip(base, runs, strict=False)]
+        ratio = f"{statistics.median(paired):.2f}x" if paired else "-"
         shown = ", ".join(f"{s:.1f}" for s in secs)
         lines.append(
             f"| {modality} ({PRESETS[modality]}) | {counts[modality]} | {variant} | {cores or os.cpu_count()} | "
-            f"{med:.1f} | {shown} | {counts[modality] / med:.2f} | {ratio:.2f}x | "
+            f"{med:.1f} | {shown} | {counts[modality] / med:.2f} | {ratio} | "
             f"{max(r['rss'] for r in runs) / 2**20:.0f} | {max(r['pss'] for r in runs) / 2**20:.0f} |"
         )
     return lines
@@ -268,6 +272,8 @@ def main() -> None:
                 for variant in variants:
                     ckpt, listing = setup[modality]
                     output = work / f"out-{modality}-{variant}-{n_cores}-{round_}.npy"
+                    for old in (output, output.with_name(output.name + ".json")):
+                        old.unlink(missing_ok=True)  # a fresh job, not a resumed one
                     spec = {"variant": variant.split("=")[0], "modality": modality, "ckpt": str(ckpt)}
                     spec.update(listing=str(listing), output=str(output))
                     if variant == "embed-bf16":
@@ -279,6 +285,8 @@ def main() -> None:
                     run = measure(spec, n_cores or None)
                     results.setdefault((modality, variant, n_cores), []).append(run)
                     print(f"round {round_} {modality} {variant} cores={n_cores or 'all'}: {run}", flush=True)
+                    rows = [[*key, runs] for key, runs in results.items()]
+                    (work / "results.json").write_text(json.dumps({"counts": counts, "runs": rows}), encoding="utf-8")
                     loads.append(load_average())
     import torch
 
@@ -289,9 +297,9 @@ def main() -> None:
         "`lbind embed` (`lbcore.embedding.embed_job`, defaults) against the stacked approach (preprocess every file "
         "in the main process, one tensor, one forward), on real clips repeated to the count below; see the "
         "docstring of benchmarks/embed.py for the method. Wall time includes loading the checkpoint, not the "
-        "imports; the ratio is the stacked approach's median time over this row's.",
+        "imports; the ratio is the median over rounds of the stacked run's time over this variant's run in the same round.",
         "",
-        f"Command: `python benchmarks/embed.py {' '.join(sys.argv[1:])}`",
+        f"Command: `python benchmarks/embed.py {shlex.join(sys.argv[1:])}`",
         "",
         f"Machine: {platform.platform()}, {os.cpu_count()} CPU cores visible, torch {torch.__version__}; "
         f"{args.rounds} round(s), variants interleaved; 1-minute load average over the runs: {', '.join(loads)}.",
