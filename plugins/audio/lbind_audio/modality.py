@@ -45,13 +45,15 @@ DEMO = {
     "lora": {"rank": 0},
     "optim": {"lr": 1e-3, "warmup_steps": 20, "epochs": 20, "batch_size": 32},
     # Measured on a recording-disjoint split of real clips: benchmarks/audio_aug.py, benchmarks/RESULTS.md.
+    # Milder than the SpecAugment paper's: 20 epochs of the synthetic demo set lose 11 points of top-1 with
+    # 2 x 6 bins, 2 x 24 frames and +-6 dB (benchmarks/RESULTS.md).
     "augment": {
-        "gain_db": 6.0,
+        "gain_db": 3.0,
         "time_shift": 0.1,
-        "freq_masks": 2,
-        "freq_mask_width": 6,
-        "time_masks": 2,
-        "time_mask_width": 24,
+        "freq_masks": 1,
+        "freq_mask_width": 4,
+        "time_masks": 1,
+        "time_mask_width": 12,
     },
 }
 
