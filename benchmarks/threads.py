@@ -1,0 +1,224 @@
+"""CPU thread settings side by side: short `lbind train` runs of the audio demo preset, idle and under load.
+
+Each variant is one fresh `lbind train -m audio --max-steps N` process, told what to do through the
+environment (``OMP_NUM_THREADS``, ``OMP_WAIT_POLICY``) or ``--num-workers``; the ``lbind policy`` variant runs
+:func:`lbcore.threads.choose_policy` + :func:`lbcore.threads.apply` before the CLI (as `lbind` will once the
+trainer calls it) and passes the policy's worker count. Speed is steps per second over the steps after the
+first ``--skip`` ones (start-up, model building and the first batch excluded), read from the run's
+metrics.jsonl; the median of ``--rounds`` runs, the variants interleaved (each round in a rotated order).
+
+Loads, each kept running while its variants run:
+
+* ``idle``: nothing else started (other work on the machine is not controlled; see the busy-core reading);
+* ``busy``: one Python process spinning one core;
+* ``torch``: a second torch job multiplying 512 x 512 matrices with torch's default threads.
+
+    python benchmarks/threads.py --write          # the full table into benchmarks/RESULTS.md
+    python benchmarks/threads.py --quick          # a smoke run: 1 round, 12 steps, idle and busy
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+RUN_CLI = "import sys\nfrom lbcore.cli import main\nmain(sys.argv[1:])"
+RUN_POLICY = """import sys
+from lbcore.threads import apply, choose_policy
+policy = choose_policy()
+print("lbind-policy:", policy.describe(), file=sys.stderr, flush=True)
+apply(policy)
+from lbcore.cli import main
+main([*sys.argv[1:], "--num-workers", str(policy.workers)])
+"""
+# name -> (environment, extra `lbind train` arguments, program)
+VARIANTS: dict[str, tuple[dict[str, str], list[str], str]] = {
+    "default (torch threads = cores, 1 worker)": ({}, [], RUN_CLI),
+    "OMP_NUM_THREADS=1": ({"OMP_NUM_THREADS": "1"}, [], RUN_CLI),
+    "OMP_WAIT_POLICY=PASSIVE": ({"OMP_WAIT_POLICY": "PASSIVE"}, [], RUN_CLI),
+    "no worker": ({}, ["--num-workers", "0"], RUN_CLI),
+    "OMP_NUM_THREADS=1, 2 workers": ({"OMP_NUM_THREADS": "1"}, ["--num-workers", "2"], RUN_CLI),
+    "lbind policy": ({}, [], RUN_POLICY),
+}
+LOADS: dict[str, list[str]] = {
+    "idle": [],
+    "busy": ["-c", "while True:\n    pass"],
+    "torch": ["-c", "import torch\na = torch.randn(512, 512)\nwhile True:\n    a @ a"],
+}
+# Variables a variant sets; cleared from the environment each run starts from, so only the variant's count.
+CLEARED = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OMP_WAIT_POLICY", "LBIND_NUM_THREADS", "LBIND_NUM_WORKERS")
+
+
+def base_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in CLEARED}
+    root = Path(__file__).resolve().parent.parent
+    plugins = [str(p) for p in sorted((root / "plugins").glob("*")) if p.is_dir()]
+    env["PYTHONPATH"] = os.pathsep.join([str(root), *plugins, env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    return env
+
+
+def run_variant(name: str, steps: int, skip: int, workdir: Path, timeout: float | None = None) -> tuple[float, str]:
+    """(steps per second after the first ``skip`` steps, the policy line if the variant printed one); NaN steps
+    per second for a run that took longer than ``timeout`` seconds (it is stopped)."""
+    env_extra, args, program = VARIANTS[name]
+    out = Path(tempfile.mkdtemp(dir=workdir))
+    command = [sys.executable, "-c", program, "train", "-m", "audio", "--max-steps", str(steps)]
+    command += ["--output", str(out / "run"), *args]
+    try:
+        done = subprocess.run(
+            command, env={**base_env(), **env_extra}, capture_output=True, text=True, check=False, timeout=timeout
+        )
+    except subprocess.TimeoutExpired:
+        return math.nan, ""
+    if done.returncode != 0:
+        raise RuntimeError(f"variant {name!r} failed ({done.returncode}):\n{done.stderr[-3000:]}")
+    records = [json.loads(line) for line in (out / "run" / "metrics.jsonl").read_text().splitlines() if line]
+    times = [r["step_time_s"] for r in records[skip:]]
+    if not times:
+        raise RuntimeError(f"variant {name!r}: {len(records)} steps logged, none after the first {skip}")
+    policy = next((line for line in done.stderr.splitlines() if line.startswith("lbind-policy:")), "")
+    return len(times) / sum(times), policy.removeprefix("lbind-policy:").strip()
+
+
+def measure_load(load: str, variants: list[str], args: argparse.Namespace, workdir: Path) -> dict[str, object]:
+    """Median steps/s of each variant under ``load``, and the policy lbind chose under it."""
+    competitor = subprocess.Popen([sys.executable, *LOADS[load]], env=base_env()) if LOADS[load] else None
+    speeds: dict[str, list[float]] = {v: [] for v in variants}
+    policies: list[str] = []
+    try:
+        time.sleep(1.0 if competitor else 0.0)  # let the competing job reach its steady state
+        for round_ in range(args.rounds):
+            order = variants[round_ % len(variants) :] + variants[: round_ % len(variants)]
+            for name in order:
+                speed, policy = run_variant(name, args.steps, args.skip, workdir, args.timeout)
+                speeds[name].append(speed)
+                policies += [policy] if policy else []
+                print(f"  {load:5s} round {round_ + 1}: {name:45s} {speed:6.2f} steps/s", flush=True)
+    finally:
+        if competitor is not None:
+            competitor.terminate()
+            competitor.wait()
+    return {"speeds": {v: median(s) for v, s in speeds.items()}, "policies": policies}
+
+
+def median(values: list[float]) -> float:
+    """The median of the runs that finished (NaN when none did)."""
+    done = [v for v in values if not math.isnan(v)]
+    return statistics.median(done) if done else math.nan
+
+
+def render(results: dict[str, dict[str, object]], args: argparse.Namespace, machine: str) -> str:
+    variants = list(VARIANTS)
+    loads = list(results)
+    lines = [
+        "## CPU thread policy",
+        "",
+        "Short `lbind train -m audio` runs (demo preset) side by side: steps/s after the first "
+        f"{args.skip} steps (start-up excluded) from metrics.jsonl, median of {args.rounds} fresh process(es) per "
+        "variant, variants interleaved; in brackets the speed relative to the default under the same load. "
+        "Loads: `busy` = one process spinning one core, `torch` = a second torch job (512x512 matmuls, "
+        "torch's default threads).",
+        "",
+        f"Command: `python benchmarks/threads.py {' '.join(sys.argv[1:])}`",
+        "",
+        f"Machine: {machine}; {args.steps} steps per run.",
+        "",
+        "| variant | " + " | ".join(loads) + " |",
+        "|---|" + "---:|" * len(loads),
+    ]
+    for variant in variants:
+        cells = []
+        for load in loads:
+            speeds = results[load]["speeds"]  # type: ignore[index]
+            base = speeds[variants[0]]
+            speed = speeds[variant]
+            if math.isnan(speed):
+                cells.append(f"> {args.timeout:.0f} s per run")
+            else:
+                cells.append(f"{speed:.2f}" + ("" if math.isnan(base) else f" ({speed / base:.2f}x)"))
+        lines.append(f"| {variant} | " + " | ".join(cells) + " |")
+    verdict = []
+    for load in loads:
+        speeds = results[load]["speeds"]  # type: ignore[index]
+        finished = {v: s for v, s in speeds.items() if not math.isnan(s)}  # type: ignore[union-attr]
+        best = max(finished, key=finished.get)  # type: ignore[arg-type]
+        share = speeds["lbind policy"] / finished[best]
+        chosen = sorted(set(results[load]["policies"]))  # type: ignore[call-overload]
+        verdict.append(
+            f"- {load}: lbind policy at {share:.0%} of the best ({best}); chose: {'; '.join(chosen) or 'n/a'}"
+        )
+    lines += ["", *verdict, ""]
+    if args.quick:
+        lines += [
+            "This is a --quick smoke run (1 round, few steps) taken while other jobs shared the machine: it shows "
+            "that the benchmark runs, not which setting is fastest. Take the full numbers on a quiet machine "
+            "with `python benchmarks/threads.py --write`.",
+            "",
+        ]
+    return "\n".join(lines)
+
+
+def write_section(text: str) -> Path:
+    """Replace this benchmark's section of RESULTS.md (or append it), leaving the other sections alone."""
+    path = Path(__file__).with_name("RESULTS.md")
+    old = path.read_text(encoding="utf-8") if path.is_file() else ""
+    start = old.find("## CPU thread policy")
+    if start < 0:
+        new = old.rstrip("\n") + "\n\n" + text if old else text
+    else:
+        end = old.find("\n#", start + 1)
+        new = old[:start] + text + (old[end:] if end >= 0 else "")
+    path.write_text(new.rstrip("\n") + "\n", encoding="utf-8")
+    return path
+
+
+def machine_line() -> str:
+    import torch
+
+    from lbcore.threads import available_cores, busy_cores, cgroup_cpu_limit
+
+    limit = cgroup_cpu_limit()
+    return (
+        f"{platform.platform()}, {os.cpu_count()} CPUs, {available_cores()} usable by lbind "
+        f"(affinity, cgroup quota {'none' if limit is None else f'{limit:g}'}), "
+        f"{busy_cores(1.0):.1f} busy before the runs; torch {torch.__version__}"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=30, help="Steps per run (default 30).")
+    parser.add_argument("--skip", type=int, default=2, help="First steps left out of the timing (default 2).")
+    parser.add_argument("--rounds", type=int, default=3, help="Runs per variant and load (median; default 3).")
+    parser.add_argument("--loads", nargs="+", choices=list(LOADS), default=list(LOADS), help="Loads to run.")
+    parser.add_argument("--timeout", type=float, default=600, help="Seconds before a run is stopped (default 600).")
+    parser.add_argument(
+        "--quick", action="store_true", help="Smoke run: 1 round of 12 steps, idle and busy, 120 s per run at most."
+    )
+    parser.add_argument("--write", action="store_true", help="Write the table into benchmarks/RESULTS.md.")
+    args = parser.parse_args()
+    if args.quick:
+        args.steps, args.rounds, args.loads, args.timeout = 12, 1, ["idle", "busy"], min(args.timeout, 120)
+    machine = machine_line()
+    print(machine, flush=True)
+    with tempfile.TemporaryDirectory(prefix="lbind-threads-") as tmp:
+        workdir = Path(tmp)
+        run_variant(next(iter(VARIANTS)), 2, 0, workdir)  # warm-up: demo data, caption cache, file caches
+        results = {load: measure_load(load, list(VARIANTS), args, workdir) for load in args.loads}
+    text = render(results, args, machine)
+    print(text)
+    if args.write:
+        print(f"wrote {write_section(text)}")
+
+
+if __name__ == "__main__":
+    main()
