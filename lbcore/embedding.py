@@ -27,7 +27,7 @@ import torch
 
 from lbcore import __version__
 from lbcore.cards import checkpoint_digest
-from lbcore.checkpoint import write_json
+from lbcore.checkpoint import resolve_checkpoint_dir, write_json
 from lbcore.data import default_workers
 from lbcore.errors import CheckpointError, InputError, LbindError
 from lbcore.model import BindModel, load, modality_of
@@ -346,7 +346,8 @@ def embed_job(
     progress: ProgressCallback | None = None,
     model: BindModel | None = None,
 ) -> EmbedJobResult:
-    """Embed the files ``inputs`` names (see :func:`collect_inputs`) into ``output`` (.npy or .safetensors).
+    """Embed the files ``inputs`` names (see :func:`collect_inputs`) into ``output`` (.npy or .safetensors) with
+    the checkpoint (or run folder) ``checkpoint``; ``progress(done, total)`` is called as files are embedded.
 
     Resumes: inputs already listed in the sidecar are skipped, new rows are appended. Unreadable files are
     logged, listed in the sidecar's ``failed`` and in the result, and the job carries on. The files are
@@ -354,7 +355,7 @@ def embed_job(
     """
     output = Path(output)
     _check_output(output)
-    checkpoint = Path(checkpoint)
+    checkpoint = resolve_checkpoint_dir(checkpoint)  # a run folder or hf://org/name[@rev]
     digest = checkpoint_digest(checkpoint)["sha256"]
     model = model if model is not None else load(checkpoint)
     mod = modality_of(model, modality)

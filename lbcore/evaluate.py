@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from lbcore import __version__, cards, metrics
-from lbcore.checkpoint import read_meta
+from lbcore.checkpoint import read_meta, resolve_checkpoint_dir
 from lbcore.datasets import EvalDataset
 from lbcore.demo import demo_data
 from lbcore.embedding import UnreadableInputsError, embed_files
@@ -464,7 +464,7 @@ def evaluate_checkpoint(
     retrieval between the two. ``model`` skips loading when the caller has the checkpoint's model already.
     """
     started = time.perf_counter()
-    checkpoint = Path(checkpoint)
+    checkpoint = resolve_checkpoint_dir(checkpoint)  # a run folder or hf://org/name[@rev]
     meta = read_meta(checkpoint)
     if dataset is not None and manifest is not None:
         raise EvaluationError("give either --dataset/--data-root or --data, not both")

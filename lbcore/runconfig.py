@@ -83,7 +83,8 @@ class TrainConfig(StrictModel):
             "Encoder initialisation: 'scratch', 'clip:PATH' (a transformers CLIP vision checkpoint folder; "
             "position embeddings are resized to each modality's grid), or 'languagebind:PATH' (a released "
             "LanguageBind checkpoint folder of the same modality, converted on the fly: LoRA merged, logit scale "
-            "kept). A mapping sets it per modality."
+            "kept). PATH may be a hub id (org/name, hf://org/name@revision), fetched into the Hugging Face cache. "
+            "A mapping sets it per modality."
         ),
     )
     num_workers: int = Field(

@@ -12,7 +12,7 @@ from __future__ import annotations
 import gc
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -83,12 +83,17 @@ class CaptionTables:
 
 
 def caption_tables(
-    datasets: Mapping[str, TrainDataset], anchor_config: AnchorConfig, accelerator: Any, anchor: Any = None
+    datasets: Mapping[str, TrainDataset],
+    anchor_config: AnchorConfig,
+    accelerator: Any,
+    anchor: Any = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> CaptionTables:
     """Every distinct caption through the anchor's cache, once; the anchor is released afterwards.
 
     ``anchor``: an already loaded anchor to use (then it is left where it is); otherwise the configured one is
-    loaded, moved to the accelerator for the cache misses, and its memory given back when done.
+    loaded, moved to the accelerator for the cache misses, and its memory given back when done. ``progress(done,
+    total)`` counts the captions encoded (main process only).
     """
     texts = sorted({t for ds in datasets.values() for t in ds.captions.texts})
     cache = TextEmbeddingCache(anchor_config.cache_dir)
@@ -99,7 +104,8 @@ def caption_tables(
             anchor = Anchor.from_config(anchor_config)
             if accelerator.device.type != "cpu":
                 anchor.to(accelerator.device)  # cache misses are encoded on the accelerator
-        table = cache.embed(anchor, texts, batch_size=anchor_config.batch_size)  # [T, E]
+        report = progress if accelerator.is_main_process else None
+        table = cache.embed(anchor, texts, batch_size=anchor_config.batch_size, progress=report)  # [T, E]
         fingerprint, embed_dim = anchor.fingerprint, int(anchor.embed_dim)
     del anchor  # never used again: training reads the precomputed table
     if not given and accelerator.device.type == "cuda":

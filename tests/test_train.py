@@ -483,16 +483,24 @@ def test_the_anchor_never_runs_inside_a_training_step(
 
     monkeypatch.setattr(Anchor, "forward", counting)
 
+    events: list[tuple[str, int, int]] = []
+
     def on_event(event: Any) -> None:
+        events.append((event.kind, event.step, event.total_steps))
         if event.kind == "start":  # precompute is over: from here on the anchor must not run
             monkeypatch.setattr(Anchor, "forward", refuse)
 
     manifest = fk.write_signals(tmp_path / "data", 32)
     cfg = run_config(anchor_dir, tmp_path / "run", {"sig": manifest}, max_steps=4)
     cfg["anchor"]["cache_dir"] = str(tmp_path / "fresh-cache")  # nothing cached: precompute must run the anchor
+    cfg["anchor"]["batch_size"] = 3
     final = lbcore.train(cfg, progress=on_event)
     assert calls, "precompute did not use the anchor"
     assert (final / "sig.safetensors").is_file()
+    # The caption pre-pass reports its progress first: 8 distinct captions (4 classes x 2), in batches of 3.
+    captions = [(step, total) for kind, step, total in events if kind == "captions"]
+    assert captions == [(0, 8), (3, 8), (6, 8), (8, 8)]
+    assert [kind for kind, _, _ in events][: len(captions) + 1] == ["captions"] * len(captions) + ["start"]
 
 
 def test_checkpoint_round_trip_gives_the_same_embeddings(fk: Any, tmp_path: Path) -> None:

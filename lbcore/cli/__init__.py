@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import os
 import sys
 from typing import NamedTuple
 
@@ -70,8 +71,20 @@ COMMANDS: dict[str, CommandEntry] = {
         "Train every modality's demo preset on its demo data, evaluate zero-shot on the held-out split, print one "
         "table and write OUTPUT/summary.json.",
     ),
+    "app": CommandEntry(
+        "lbcore.cli.app",
+        "app",
+        "Serve the interactive demo as a local web page: text <-> media, zero-shot, media <-> media, the model.",
+    ),
     "convert": CommandEntry(
         "lbcore.cli.convert", "convert", "Convert released checkpoints into lbind checkpoint folders."
+    ),
+    "push": CommandEntry(
+        "lbcore.cli.push",
+        "push",
+        "Upload the lbind checkpoint folder CHECKPOINT to the Hub model repository REPO_ID (ORG/NAME), with a "
+        "model card (README.md: metadata, modalities, anchor, training config, the metrics of its result cards, "
+        "how to load it).",
     ),
     "new-modality": CommandEntry(
         "lbcore.cli.scaffold",
@@ -122,13 +135,58 @@ class LazyGroup(click.Group):
 @click.version_option(package_name="lbind", prog_name="lbind")
 def cli(verbose: int) -> None:
     """lbind: bind any modality to language through a frozen text anchor."""
+    configure_output(verbose)
+
+
+# Libraries whose info logs and progress bars (transformers' "Loading weights", huggingface_hub's downloads,
+# accelerate's set-up notes) are hidden unless -v is given.
+THIRD_PARTY_LOGGERS = ("transformers", "huggingface_hub", "accelerate", "peft", "timm", "torch", "urllib3", "filelock")
+# lbind loggers whose INFO lines every user should see (e.g. which checkpoint of a run folder was taken).
+NOTICE_LOGGERS = ("lbcore.checkpoint",)
+
+
+def configure_output(verbose: int) -> None:
+    """Logging through rich on stderr: lbind's warnings (and notices) by default, -v info, -vv debug; third-party
+    info logs and progress bars only with -v."""
     level = logging.WARNING - 10 * min(verbose, 2)
-    handler = RichHandler(console=render.err_console)
+    handler = RichHandler(console=render.err_console, show_time=verbose > 0, show_path=verbose > 1)
     logging.basicConfig(level=level, format="%(message)s", handlers=[handler], force=True)
+    for name in NOTICE_LOGGERS:
+        logging.getLogger(name).setLevel(min(level, logging.INFO))
+    third_party = level if verbose else logging.ERROR
+    for name in THIRD_PARTY_LOGGERS:
+        logging.getLogger(name).setLevel(third_party)
+    # transformers sets its own logger's level when first imported, from TRANSFORMERS_VERBOSITY; importing it
+    # here would cost every command a second, so set the variable, and the level too if it is loaded already.
+    os.environ["TRANSFORMERS_VERBOSITY"] = logging.getLevelName(third_party).lower()
+    transformers_logging = sys.modules.get("transformers.utils.logging")
+    if transformers_logging is not None:
+        transformers_logging.set_verbosity(third_party)
+    # transformers' progress bars start off when huggingface_hub's are off at its import; later, switch both.
+    if os.environ.get("HF_HUB_DISABLE_PROGRESS_BARS") is None:  # the variable, when set, wins (hub's rule)
+        # deferred: huggingface_hub costs `lbind --help` and `lbind plugins` a noticeable import time
+        from huggingface_hub.utils import disable_progress_bars, enable_progress_bars
+
+        (enable_progress_bars if verbose else disable_progress_bars)()
+    if transformers_logging is not None:
+        (transformers_logging.enable_progress_bar if verbose else transformers_logging.disable_progress_bar)()
+
+
+def leading_verbosity(argv: list[str]) -> int:
+    """How many -v the arguments before the command name give (what the group callback will see)."""
+    count = 0
+    for arg in argv:
+        if arg == "--verbose" or (arg.startswith("-v") and set(arg[1:]) == {"v"}):
+            count += 1 if arg == "--verbose" else len(arg) - 1
+        elif not arg.startswith("-"):
+            break
+    return count
 
 
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point: plugins add their commands, typed errors become one red line."""
+    # Output is set up before plugins load (their import errors are logged then); the group callback repeats it.
+    configure_output(leading_verbosity(sys.argv[1:] if argv is None else argv))
     try:
         default_registry().add_commands(cli)
     except LbindError as err:  # a broken plugin is reported by `lbind plugins`; never fatal here

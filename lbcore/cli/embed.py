@@ -7,8 +7,8 @@ import sys
 import click
 import torch
 
-from lbcore.checkpoint import read_meta
 from lbcore.cli import render
+from lbcore.cli.checkpoints import CHECKPOINT_HELP, checkpoint_dir, only_modality
 from lbcore.embedding import embed_job, media_similarity
 from lbcore.errors import ConfigError
 from lbcore.model import load
@@ -16,18 +16,8 @@ from lbcore.plot import PlotData, write_plot
 from lbcore.plugins import default_registry
 
 
-def only_modality(checkpoint: str, modality: str | None) -> str:
-    """``modality``, or the checkpoint's only modality (a :class:`ConfigError` when it holds several)."""
-    if modality:
-        return modality
-    names = list(read_meta(checkpoint)["modalities"])
-    if len(names) != 1:
-        raise ConfigError(f"{checkpoint} holds {', '.join(names)}: choose one with --modality")
-    return names[0]
-
-
 @click.command()
-@click.option("--checkpoint", "-c", required=True, type=click.Path(file_okay=False), help="Checkpoint folder.")
+@click.option("--checkpoint", "-c", required=True, type=click.Path(file_okay=False), help=CHECKPOINT_HELP)
 @click.option("--modality", "-m", help="Modality of the inputs (default: the checkpoint's only one).")
 @click.argument("inputs", nargs=-1, required=True)
 @click.option(
@@ -51,9 +41,10 @@ def embed(
     OUTPUT.json listing the input of every row in order, plus the files that could not be read. Running again
     with the same OUTPUT embeds only inputs not in it yet. Exits with 1 when some input could not be read.
     """
+    checkpoint = checkpoint_dir(checkpoint)
     name = only_modality(checkpoint, modality)
     with render.progress_bar("embed") as bar:
-        task = bar.add_task(render.safe(name), total=None)
+        task = bar.add_task(render.safe(name), total=None, rate="")
         result = embed_job(
             checkpoint,
             name,
@@ -62,7 +53,7 @@ def embed(
             batch_size=batch_size,
             num_workers=num_workers,
             save_every=save_every,
-            progress=lambda done, total: bar.update(task, completed=done, total=total),
+            progress=lambda done, total: render.advance(bar, task, done, total),
         )
     render.embed_summary(result)
     if result.failed:
@@ -106,7 +97,7 @@ def media_arguments(media_files: dict[str, tuple[str, ...]], pairs: tuple[str, .
 
 
 @click.command(cls=MediaOptionsCommand)
-@click.option("--checkpoint", "-c", required=True, type=click.Path(file_okay=False), help="Checkpoint folder.")
+@click.option("--checkpoint", "-c", required=True, type=click.Path(file_okay=False), help=CHECKPOINT_HELP)
 @click.option("--text", "-t", "texts", multiple=True, required=True, help="A text (repeat): one row each.")
 @click.option("--input", "-i", "pairs", multiple=True, metavar="MODALITY=FILE", help="A media file of any modality.")
 @click.option("--softmax", is_flag=True, help="Show, per file, the softmax over the texts of scale x cosine.")
@@ -124,7 +115,7 @@ def similarity(
     """The text x media similarity matrix: rows are --text, columns the files given with --<modality> FILE
     (one option per installed modality, e.g. --audio a.wav --video b.mp4) or --input MODALITY=FILE."""
     media = media_arguments(media_files, pairs)
-    model = load(checkpoint)
+    model = load(checkpoint_dir(checkpoint))
     shown = media_similarity(model, texts, media)  # [T, M] cosines
     if softmax:
         scales = torch.tensor([model.logit_scale(name) for name, _ in media], device=shown.device)

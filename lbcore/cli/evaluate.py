@@ -10,9 +10,11 @@ import yaml
 
 from lbcore.cards import default_card_path, headline, write_card
 from lbcore.cli import render
+from lbcore.cli.checkpoints import CHECKPOINT_HELP, checkpoint_dir, only_modality
 from lbcore.errors import ConfigError
 from lbcore.evaluate import evaluate_checkpoint
 from lbcore.plot import write_plot
+from lbcore.plugins import default_registry
 
 
 def reader_options(items: tuple[str, ...]) -> dict[str, Any]:
@@ -26,8 +28,15 @@ def reader_options(items: tuple[str, ...]) -> dict[str, Any]:
     return out
 
 
+def named_templates(checkpoint: str, modality: str | None, name: str, templates: tuple[str, ...]) -> tuple[str, ...]:
+    """The template set ``name`` of the evaluated modality (``--templates NAME``); not together with --template."""
+    if templates:
+        raise ConfigError("give --template or --templates NAME, not both")
+    return default_registry().load().registered(only_modality(checkpoint, modality)).cls.template_set(name)
+
+
 @click.command("eval")
-@click.option("--checkpoint", "-c", required=True, type=click.Path(file_okay=False), help="Checkpoint folder.")
+@click.option("--checkpoint", "-c", required=True, type=click.Path(file_okay=False), help=CHECKPOINT_HELP)
 @click.option("--modality", "-m", help="Modality to evaluate (default: the checkpoint's only one).")
 @click.option("--dataset", help="Reader name of the modality's plugin (e.g. esc50); with --data-root.")
 @click.option("--data-root", type=click.Path(file_okay=False), help="Root folder of the --dataset layout.")
@@ -46,6 +55,9 @@ def reader_options(items: tuple[str, ...]) -> dict[str, Any]:
 @click.option("--fuse", metavar="MODALITY", help="Also score MODALITY and average the logits (paired manifest).")
 @click.option("--emergent", metavar="MODALITY", help="Retrieval between --modality and MODALITY (paired manifest).")
 @click.option("--template", "templates", multiple=True, help="Prompt template with {} (repeat; default: the plugin's).")
+@click.option(
+    "--templates", "template_set", metavar="NAME", help="A named template set of the modality (e.g. speech for audio)."
+)
 @click.option("--batch-size", type=int, default=32, show_default=True, help="Items per forward pass.")
 @click.option("--num-workers", type=int, help="DataLoader workers preprocessing the files.")
 @click.option(
@@ -65,6 +77,7 @@ def evaluate_command(
     fuse: str | None,
     emergent: str | None,
     templates: tuple[str, ...],
+    template_set: str | None,
     batch_size: int,
     num_workers: int | None,
     output: str | None,
@@ -72,6 +85,9 @@ def evaluate_command(
     as_json: bool,
 ) -> None:
     """Zero-shot evaluation of a checkpoint (no data argument: the modality's demo test split); writes a result card."""
+    checkpoint = checkpoint_dir(checkpoint)
+    if template_set is not None:
+        templates = named_templates(checkpoint, modality, template_set, templates)
     with render.progress_bar("eval") as bar:
         evaluation = evaluate_checkpoint(
             checkpoint,

@@ -21,6 +21,7 @@ from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
     Progress,
+    TaskID,
     TextColumn,
     TimeElapsedColumn,
     TimeRemainingColumn,
@@ -70,6 +71,11 @@ def aborted() -> None:
     err_console.print("[red]aborted[/]")
 
 
+def dim_note(message: object) -> None:
+    """A dimmed line on stderr, printed literally (what the user may want to know, not an error)."""
+    err_console.print(Text(str(message), style="dim"), highlight=False, soft_wrap=True)
+
+
 def note(message: object) -> None:
     """A plain line on stdout, printed literally."""
     console.print(Text(str(message)), highlight=False, soft_wrap=True)
@@ -81,19 +87,25 @@ def plugins_table(infos: list[PluginInfo]) -> None:
         console.print("[yellow]no lbind plugins installed[/]")
         return
     table = Table(title="lbind plugins (entry-point group 'lbind')")
-    for col in ("plugin", "distribution", "version", "status", "hooks", "modalities", "error"):
+    for col in ("plugin", "distribution", "status", "hooks", "modalities"):
         table.add_column(col, overflow="fold")
     for i in infos:
         table.add_row(
             safe(i.name),
-            safe(i.distribution or "-"),
-            safe(i.version or "-"),
+            safe(_name_version(i.distribution, i.version)),
             f"[{_STATUS_STYLE[i.status]}]{i.status}[/]",
-            safe(", ".join(i.hooks) or "-"),
+            safe("\n".join(i.hooks) or "-"),
             safe(", ".join(i.modalities) or "-"),
-            safe(i.error or ""),
         )
     console.print(table)
+    for i in infos:  # below the table, where a long message has the whole width
+        if i.error:
+            console.print(f"[{_STATUS_STYLE[i.status]}]{safe(i.name)}:[/] {safe(i.error)}", highlight=False)
+
+
+def _name_version(name: str | None, version: str | None) -> str:
+    """``name version`` in one cell (``-`` when neither is known)."""
+    return " ".join(x for x in (name, version) if x) or "-"
 
 
 def defaults_summary(cfg: Any) -> str:
@@ -114,14 +126,13 @@ def modalities_table(rows: list[tuple[str, RegisteredModality, Any]], broken: li
     """``rows``: (name, registration, default config) per modality; ``broken``: names of broken plugins."""
     if rows:
         table = Table(title="lbind modalities (defaults: the 'languagebind' preset)")
-        for col in ("modality", "plugin", "version", "presets", "defaults"):
-            table.add_column(col, overflow="fold")
+        for col in ("modality", "plugin", "presets", "defaults"):
+            # presets wrap one per line at most, leaving the defaults the room they need
+            table.add_column(col, overflow="fold", max_width=16 if col == "presets" else None)
         for name, reg, cfg in rows:
             presets = ", ".join(sorted(reg.cls.presets))
-            table.add_row(
-                safe(name), safe(reg.plugin.name), safe(reg.plugin.version or "-"), safe(presets),
-                safe(defaults_summary(cfg)),
-            )  # fmt: skip
+            plugin = _name_version(reg.plugin.name, reg.plugin.version)
+            table.add_row(safe(name), safe(plugin), safe(presets), safe(defaults_summary(cfg)))
         console.print(table)
     else:
         console.print("[yellow]no modalities registered: install a plugin (see `lbind plugins`)[/]")
@@ -140,11 +151,13 @@ def config_valid(file: str, anchor: str, modalities: Iterable[str]) -> None:
 
 # ------------------------------------------------------------------------------------------------- progress
 def progress_bar(label: str) -> Progress:
-    """A transient bar per task on stderr, titled ``label`` (one task per thing being processed)."""
+    """A transient bar per task on stderr, titled ``label`` (one task per thing being processed): description,
+    bar, done/total, rate (items/s; every task needs a ``rate`` field, see :func:`advance`), elapsed time."""
     return Progress(
         TextColumn(f"[bold]{safe(label)}[/] {{task.description}}"),
         BarColumn(),
         MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]}"),
         TimeElapsedColumn(),
         console=err_console,
         transient=True,
@@ -157,10 +170,17 @@ def eval_progress(bar: Progress) -> Callable[[str, int, int], None]:
 
     def report(what: str, done: int, total: int) -> None:
         if what not in tasks:
-            tasks[what] = bar.add_task(safe(what), total=total)
-        bar.update(tasks[what], completed=done, total=total)
+            tasks[what] = bar.add_task(safe(what), total=total, rate="")
+        advance(bar, tasks[what], done, total)
 
     return report
+
+
+def advance(bar: Progress, task: TaskID, done: int, total: int | None) -> None:
+    """Move ``task`` to ``done`` of ``total`` and show its rate (rich's speed estimate) once there is one."""
+    bar.update(task, completed=done, total=total)
+    speed = bar.tasks[bar.task_ids.index(task)].speed
+    bar.update(task, rate=f"{speed:.1f}/s" if speed else "")
 
 
 # ------------------------------------------------------------------------------------------------- training
@@ -199,17 +219,25 @@ class TrainDisplay:
 
     def __init__(self) -> None:
         self.bar = _train_bar()
+        self.captions = progress_bar("captions")
         self.task: Any = None
 
     def __enter__(self) -> TrainDisplay:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        self.captions.stop()
         self.bar.stop()
 
     def on_event(self, event: TrainEvent) -> None:
         m = event.metrics
-        if event.kind == "start":
+        if event.kind == "captions":  # the anchor encodes the captions missing from the cache
+            if not self.captions.task_ids:
+                self.captions.start()
+                self.captions.add_task("through the anchor", total=event.total_steps, rate="")
+            advance(self.captions, self.captions.task_ids[0], event.step, event.total_steps)
+        elif event.kind == "start":
+            self.captions.stop()
             self._start(event)
         elif event.kind == "step" and self.task is not None:
             self.bar.update(self.task, completed=event.step, loss=f"{m['loss']:.4f}", speed=f"{m['samples_per_s']:.1f}")
@@ -328,8 +356,15 @@ class DemoDisplay:
         self.bar.__exit__(*exc)
 
     def on_train(self, name: str, event: TrainEvent) -> None:
-        if event.kind == "start":
-            self.tasks[name] = self.bar.add_task(safe(f"train {name}"), total=event.total_steps, completed=event.step)
+        if event.kind == "captions":
+            key = f"captions {name}"
+            if key not in self.tasks:
+                self.tasks[key] = self.bar.add_task(safe(key), total=event.total_steps, rate="")
+            advance(self.bar, self.tasks[key], event.step, event.total_steps)
+        elif event.kind == "start":
+            self.tasks[name] = self.bar.add_task(
+                safe(f"train {name}"), total=event.total_steps, completed=event.step, rate=""
+            )
         elif event.kind == "step" and name in self.tasks:
             self.bar.update(self.tasks[name], completed=event.step)
 
@@ -365,13 +400,13 @@ def demo_summary(summary: Mapping[str, Any], min_top1: float, output: str) -> No
 
 
 # ------------------------------------------------------------------------------------------------- convert, scaffold
-def conversion_notes(source: Path, result: ConversionResult) -> None:
+def conversion_notes(source: str, result: ConversionResult) -> None:
     """The notes one conversion reported, dimmed, as soon as it is done."""
     for line in result.report:
         console.print(Text(f"{source}: {line}", style="dim"), highlight=False, soft_wrap=True)
 
 
-def conversions(output: Path, done: list[tuple[Path, ConversionResult]]) -> None:
+def conversions(output: Path, done: list[tuple[str, ConversionResult]]) -> None:
     """One row per converted release (SOURCE as given, its result), and how to use the checkpoint."""
     table = Table(title=f"converted into {safe(output)}")
     for col in ("source", "model type", "modality", "LoRA merged", "settings", "logit scale", "anchor"):
@@ -385,6 +420,18 @@ def conversions(output: Path, done: list[tuple[Path, ConversionResult]]) -> None
         table.add_row(*[safe(c) for c in cells])
     console.print(table)
     note(f"load it with lbcore.load({str(output)!r}) or `lbind eval --checkpoint {output}`")
+
+
+def pushed(checkpoint: str, url: str, repo_id: str) -> None:
+    """Where ``lbind push`` put the checkpoint and how to load it (plain lines on stdout)."""
+    click.echo(f"pushed {checkpoint} to {url}")
+    click.echo(f'load it with lbcore.load("hf://{repo_id}")')
+
+
+def app_serving(url: str, modalities: Iterable[str]) -> None:
+    """The address ``lbind app`` serves on and the modalities it loaded."""
+    names = safe(", ".join(modalities))
+    console.print(f"lbind app: [bold]{safe(url)}[/] ({names}); Ctrl+C stops it", highlight=False)
 
 
 def plugin_created(name: str, path: Path) -> None:
