@@ -13,7 +13,7 @@ import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -21,7 +21,7 @@ import torchvision.transforms.v2.functional as TF
 from PIL import Image, UnidentifiedImageError
 from torchvision.transforms import InterpolationMode
 
-from lbcore.config import ImageConfig
+from lbcore.config import ImageConfig, ModalityConfig
 from lbcore.data import write_manifest
 from lbcore.errors import ConfigError, InputError, check_media_file
 from lbcore.modality import Modality
@@ -272,6 +272,18 @@ class ImageLikeModality(Modality):
     (depth in millimetres, video frames)."""
 
     Config = ImageConfig
+    preprocessed_channels: ClassVar[int | None] = 3
+    """Channels :meth:`preprocess` yields (RGB: 3), which ``in_chans`` must equal; None when the plugin's
+    preprocessing follows ``in_chans`` itself."""
+
+    @classmethod
+    def config_problems(cls, config: ModalityConfig) -> list[str]:
+        problems = super().config_problems(config)
+        channels = cls.preprocessed_channels
+        in_chans = getattr(config, "in_chans", None)
+        if channels is not None and in_chans is not None and in_chans != channels:
+            problems.append(f"in_chans is {in_chans}, but {cls.name} preprocessing yields {channels}-channel input")
+        return problems
 
     def preprocess(self, item: Any, train: bool = False) -> torch.Tensor:
         """An image file or pixel array (H x W or H x W x C) -> [3, S, S]."""

@@ -67,6 +67,7 @@ class DepthModality(ImageLikeModality):
     presets: ClassVar = {"languagebind": LANGUAGEBIND, "demo": DEMO}
     templates = imagenet_templates("depth photo")
     description = "Depth maps (16-bit millimetre PNG by default; see the 'encoding' field)"
+    preprocessed_channels = None  # depth is repeated to in_chans channels
     config: DepthConfig
 
     def preprocess(self, item: Any, train: bool = False) -> torch.Tensor:
