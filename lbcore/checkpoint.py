@@ -145,14 +145,25 @@ def read_meta(directory: str | Path) -> dict[str, Any]:
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not an lbind checkpoint description (expected format {FORMAT!r})")
     version = meta.get("format_version")
-    if not isinstance(version, int) or version > FORMAT_VERSION:
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
         raise CheckpointError(
-            f"{path}: checkpoint format version {version!r} is newer than this lbind supports ({FORMAT_VERSION}); "
+            f"{path}: format_version is {version!r}; expected an integer from 1 to {FORMAT_VERSION} (written by lbind)"
+        )
+    if version > FORMAT_VERSION:
+        raise CheckpointError(
+            f"{path}: checkpoint format version {version} is newer than this lbind supports ({FORMAT_VERSION}); "
             "upgrade lbind"
         )
     for key in ("anchor", "modalities"):
-        if not isinstance(meta.get(key), dict):
+        if key not in meta:
             raise CheckpointError(f"{path}: missing the {key!r} section")
+        if not isinstance(meta[key], dict):
+            raise CheckpointError(f"{path}: {key} is a {type(meta[key]).__name__}; expected a mapping")
+    if not meta["modalities"]:
+        raise CheckpointError(f"{path}: modalities is empty; a checkpoint holds at least one encoder")
+    for name, spec in meta["modalities"].items():
+        if not isinstance(spec, dict):
+            raise CheckpointError(f"{path}: modalities.{name} is a {type(spec).__name__}; expected a mapping")
     return meta
 
 
