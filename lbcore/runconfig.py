@@ -96,6 +96,14 @@ class TrainConfig(StrictModel):
         None, description="Recompute activations in the backward pass (default: each encoder config's setting)."
     )
     max_grad_norm: float | None = Field(1.0, gt=0, description="Clip the global gradient norm (null: no clipping).")
+    max_nonfinite_steps: int = Field(
+        3,
+        ge=0,
+        description=(
+            "Optimiser steps in a row whose loss or gradient norm is NaN or infinite that are skipped (no update, "
+            "weights untouched) before the run stops with an error naming the step and modality; 0: stop at the first."
+        ),
+    )
     error_budget: float = Field(
         0.01,
         ge=0,
@@ -137,6 +145,22 @@ class TrainPlan:
             "modalities": {n: c.model_dump(mode="json") for n, c in self.modalities.items()},
             "train": self.train.model_dump(mode="json"),
         }
+
+    def hparams(self) -> dict[str, Any]:
+        """Scalar hyper-parameters (for TensorBoard): nested keys joined with '/', other values as strings."""
+        out: dict[str, Any] = {}
+
+        def walk(prefix: str, value: Any) -> None:
+            if isinstance(value, dict):
+                for k, v in value.items():
+                    walk(f"{prefix}/{k}" if prefix else str(k), v)
+            elif isinstance(value, (int, float, str, bool)):
+                out[prefix] = value
+            elif value is not None:
+                out[prefix] = str(value)
+
+        walk("", self.to_dict())
+        return out
 
 
 def resolve_config(config: TrainPlan | Mapping[str, Any] | str | Path, source: str = "") -> TrainPlan:

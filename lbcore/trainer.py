@@ -30,7 +30,7 @@ from torch import nn
 
 from lbcore.checkpoint import FINAL_NAME, find_latest, step_dir_name, write_json
 from lbcore.data import Batch, ErrorBudget, derive_seed
-from lbcore.engine import ContrastiveEngine, StepResult
+from lbcore.engine import ContrastiveEngine, NonFiniteBudget, StepResult
 from lbcore.errors import ConfigError
 from lbcore.lora import apply_lora
 from lbcore.modality import Modality
@@ -314,10 +314,11 @@ class Trainer:
         acc = self.accelerator
         self.samples_seen = 0
         self.elapsed_before = 0.0
+        self.nonfinite = NonFiniteBudget(self.cfg.max_nonfinite_steps)
         self.started = time.perf_counter()
         start_step = self._resume() if self.cfg.resume else 0
         if self.cfg.tensorboard:
-            acc.init_trackers("lbind", config=_flat_hparams(self.plan))
+            acc.init_trackers("lbind", config=self.plan.hparams())
         final = self.output / FINAL_NAME
         metrics_handle = open_metrics(self.output, start_step) if acc.is_main_process else None
         try:
@@ -392,6 +393,7 @@ class Trainer:
                 self._account_failures(micro, step)
                 result = self.engine.step(micro, step)
                 step += 1
+                self.nonfinite.record(result, step, log_it=acc.is_main_process)
                 now = time.perf_counter()
                 samples = sum(result.samples.values())
                 self.samples_seen += samples
@@ -428,6 +430,7 @@ class Trainer:
         if result.grad_norm is not None:
             record["grad_norm"] = result.grad_norm
         record["skipped"] = sum(len(b.failures) for b in self.budgets.values())
+        record["nonfinite_steps"] = self.nonfinite.total
         return record
 
     def _log_window(self, window: list[dict[str, float]], step: int) -> None:
@@ -465,23 +468,6 @@ class Trainer:
             "skipped_files": {n: b.failures for n, b in self.budgets.items()},
             "processes": self.accelerator.num_processes,
         }
-
-
-def _flat_hparams(plan: TrainPlan) -> dict[str, Any]:
-    """Scalar hyper-parameters for TensorBoard (nested keys joined with '/')."""
-    out: dict[str, Any] = {}
-
-    def walk(prefix: str, value: Any) -> None:
-        if isinstance(value, dict):
-            for k, v in value.items():
-                walk(f"{prefix}/{k}" if prefix else str(k), v)
-        elif isinstance(value, (int, float, str, bool)):
-            out[prefix] = value
-        elif value is not None:
-            out[prefix] = str(value)
-
-    walk("", plan.to_dict())
-    return out
 
 
 def train(
