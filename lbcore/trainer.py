@@ -37,7 +37,7 @@ from lbcore.modality import Modality
 from lbcore.model import BindModel
 from lbcore.optim import build_optimizer, build_scheduler
 from lbcore.runconfig import TrainPlan, resolve_config
-from lbcore.runstate import adapter_modalities, open_metrics, restore_checkpoint, save_checkpoint
+from lbcore.runstate import adapter_modalities, open_metrics, restore_latest, save_checkpoint
 from lbcore.traindata import build_loaders, caption_tables, open_datasets, steps_per_epoch
 
 log = logging.getLogger(__name__)
@@ -275,6 +275,7 @@ class Trainer:
             self.accelerator,
             self.output / name,
             model=self.model,
+            optimizer=self.engine.optimizer,
             scheduler=self.scheduler,
             extra=extra,
             progress=lambda: self._progress_state(step),
@@ -285,19 +286,20 @@ class Trainer:
         return target
 
     def _resume(self) -> int:
-        latest = find_latest(self.output)
-        if latest is None:
-            log.info("resume: no checkpoint in %s; starting from scratch", self.output)
-            return 0
-        progress = restore_checkpoint(
+        restored = restore_latest(
             self.accelerator,
-            latest,
+            self.output,
             model=self.model,
+            optimizer=self.engine.optimizer,
             scheduler=self.scheduler,
             anchor_fingerprint=self.anchor_fingerprint,
             steps_per_epoch=self.steps_per_epoch,
             total_steps=self.total_steps,
         )
+        if restored is None:
+            log.info("resume: no checkpoint in %s; starting from scratch", self.output)
+            return 0
+        latest, progress = restored
         for name, failures in progress.get("failures", {}).items():
             if name in self.budgets:
                 self.budgets[name].failures.update(failures)

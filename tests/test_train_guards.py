@@ -86,3 +86,157 @@ def test_a_nan_step_within_the_budget_leaves_the_weights_untouched(
     meta2 = json.loads((out / "step-00000002" / "lbind.json").read_text())
     meta3 = json.loads((out / "step-00000003" / "lbind.json").read_text())
     assert meta2["modalities"]["sig"]["logit_scale"] == meta3["modalities"]["sig"]["logit_scale"]
+
+
+# ------------------------------------------------------------------------------------------ resume without pickles
+def test_train_state_is_safetensors_and_json_and_resuming_unpickles_nothing(
+    fk: Any, anchor_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import pickle
+
+    manifest = fk.write_signals(tmp_path / "data", 32)
+    cfg = run_config(anchor_dir, tmp_path / "run", {"sig": manifest}, max_steps=2, save_every=1)
+    lbcore.train(cfg)
+    state = tmp_path / "run" / "step-00000001" / "train_state"
+    names = sorted(p.name for p in state.iterdir())
+    assert names == [
+        "encoder-sig.safetensors",
+        "logit_scales.safetensors",
+        "optimizer.json",
+        "optimizer.safetensors",
+        "progress.json",
+        "rng-0.safetensors",
+        "scheduler.json",
+    ]
+
+    def refuse(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("resuming unpickled something")
+
+    for module, name in ((torch, "load"), (pickle, "load"), (pickle, "loads")):
+        monkeypatch.setattr(module, name, refuse)
+    cfg["train"].update(resume=True, max_steps=3)
+    final = lbcore.train(cfg)
+    assert json.loads((final / "lbind.json").read_text())["train"]["step"] == 3
+
+
+def corrupt_and_resume(
+    fk: Any, anchor_dir: Path, tmp_path: Path, damage: dict[str, Any]
+) -> tuple[dict[str, Any], Path]:
+    """A run with checkpoints at steps 2, 3 and final (4); ``damage`` maps train_state file names of ``final`` to
+    new bytes (or None: delete). Returns the resume config and the run folder."""
+    manifest = fk.write_signals(tmp_path / "data", 32)
+    out = tmp_path / "run"
+    cfg = run_config(anchor_dir, out, {"sig": manifest}, max_steps=4, save_every=1, keep_checkpoints=2)
+    lbcore.train(cfg)
+    for name, content in damage.items():
+        path = out / "final" / "train_state" / name
+        if content is None:
+            path.unlink()
+        else:
+            path.write_bytes(content)
+    cfg["train"].update(resume=True, max_steps=6)
+    return cfg, out
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        {"rng-0.safetensors": b"\x00" * 40},
+        {"optimizer.safetensors": None},
+        {"optimizer.json": b'{"param_groups": "x"}'},
+        {"progress.json": b"{not json"},
+    ],
+    ids=["garbage-rng", "missing-optimizer", "bad-optimizer-json", "torn-progress"],
+)
+def test_a_corrupt_newest_checkpoint_falls_back_to_the_previous_one_with_a_warning(
+    fk: Any, anchor_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture, damage: dict[str, Any]
+) -> None:
+    cfg, out = corrupt_and_resume(fk, anchor_dir, tmp_path, damage)
+    with caplog.at_level("INFO"):
+        final = lbcore.train(cfg)
+    assert any(
+        "final" in r.getMessage() and ("corrupt" in r.getMessage() or "not resumable" in r.getMessage())
+        for r in caplog.records
+    ), [r.getMessage() for r in caplog.records]
+    assert any(r.getMessage().startswith(f"resumed from {out / 'step-00000003'} at step 3") for r in caplog.records)
+    rows = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert rows == [1, 2, 3, 4, 5, 6]
+    assert json.loads((final / "lbind.json").read_text())["train"]["step"] == 6
+
+
+def poisoned_rng(path: Path) -> bytes:
+    from safetensors.torch import save_file
+
+    tensors, metadata = load_file(str(path)), None
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        metadata = f.metadata()
+    tensors["torch"] = tensors["torch"][:100]  # a generator state of the wrong size
+    save_file(tensors, str(path), metadata=metadata)
+    return path.read_bytes()
+
+
+def test_when_no_checkpoint_is_readable_resuming_is_a_typed_error(fk: Any, anchor_dir: Path, tmp_path: Path) -> None:
+    from lbcore.errors import CheckpointError
+
+    manifest = fk.write_signals(tmp_path / "data", 32)
+    out = tmp_path / "run"
+    cfg = run_config(anchor_dir, out, {"sig": manifest}, max_steps=2)
+    lbcore.train(cfg)
+    poisoned_rng(out / "final" / "train_state" / "rng-0.safetensors")
+    state = load_file(str(out / "final" / "train_state" / "optimizer.safetensors"))
+    cfg["train"].update(resume=True, max_steps=3)
+    with pytest.raises(CheckpointError, match=r"no checkpoint can be resumed: final: .*rng-0\.safetensors: the torch"):
+        lbcore.train(cfg)
+    # A poisoned optimiser state (NaN moments) is refused the same way, naming its file and tensor.
+    from safetensors.torch import save_file
+
+    key = sorted(k for k in state if k.endswith("exp_avg"))[0]
+    state[key].view(-1)[0] = float("nan")
+    save_file(state, str(out / "final" / "train_state" / "optimizer.safetensors"))
+    with pytest.raises(CheckpointError, match=rf"optimizer\.safetensors: tensor '{key}' holds NaN"):
+        lbcore.train(cfg)
+
+
+# --------------------------------------------------------------------------------------------------- full disk
+def enospc(*args: Any, **kwargs: Any) -> None:
+    import errno
+
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def test_a_full_disk_during_a_checkpoint_leaves_no_temporary_folder(
+    fk: Any, anchor_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import lbcore.runstate
+
+    manifest = fk.write_signals(tmp_path / "data", 32)
+    out = tmp_path / "run"
+    monkeypatch.setattr(lbcore.runstate, "save_rng", enospc)  # the last file written: weights and state are there
+    with pytest.raises(OSError, match="No space left on device"):
+        lbcore.train(run_config(anchor_dir, out, {"sig": manifest}, max_steps=2, save_every=1))
+    assert sorted(p.name for p in out.iterdir()) == ["metrics.jsonl"]
+
+
+def test_atomic_writes_remove_their_temporary_files_on_a_full_disk(
+    fk: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import lbcore.checkpoint
+    from lbcore.checkpoint import write_json
+
+    target = tmp_path / "card.json"
+    write_json(target, {"v": 1})
+    monkeypatch.setattr(lbcore.checkpoint.os, "replace", enospc)
+    with pytest.raises(OSError, match="No space left"):
+        write_json(target, {"v": 2})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["card.json"]
+    assert json.loads(target.read_text()) == {"v": 1}
+    monkeypatch.undo()
+
+    import safetensors.torch
+
+    monkeypatch.setattr(safetensors.torch, "save_file", enospc)
+    with pytest.raises(OSError, match="No space left"):
+        _train.tiny_model(fk).save_pretrained(tmp_path / "ckpt")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["card.json"]
