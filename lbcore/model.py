@@ -54,7 +54,13 @@ from lbcore.lora import (
 )
 from lbcore.loss import LogitScale
 from lbcore.modality import Modality
-from lbcore.weights import base_reference, check_finite_state, load_base, load_encoder_weights
+from lbcore.weights import (
+    base_reference,
+    check_finite_state,
+    check_shapes_before_building,
+    load_base,
+    load_encoder_weights,
+)
 
 __all__ = ["BindModel", "base_reference", "load", "load_base", "load_encoder_weights", "modality_of", "plugin_info"]
 
@@ -509,6 +515,7 @@ def _load_modality(
         reg.cls.Config, spec.get("config", {}), ("modalities", name, "config"), str(directory / META_FILE)
     )
     modality = reg.cls(config)
+    check_shapes_before_building(lambda: modality.build_encoder(embed_dim), directory, spec, name)
     encoder = modality.build_encoder(embed_dim)
     load_encoder_weights(directory, spec, encoder, modality, base_overrides=base)
     return modality, encoder, float(scale)

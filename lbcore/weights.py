@@ -32,6 +32,7 @@ __all__ = [
     "BASE_KINDS",
     "base_reference",
     "check_finite_state",
+    "check_shapes_before_building",
     "load_base",
     "load_encoder_weights",
     "read_tensors",
@@ -122,6 +123,34 @@ def weight_file(directory: Path, spec: Mapping[str, Any], name: str) -> tuple[Pa
         problem = "missing" if not resolved.exists() else "not a regular file"
         raise CheckpointError(f"{path}: the {name} weights file is {problem} (named by {where}.file)")
     return path, str(kind)
+
+
+def check_shapes_before_building(build: Any, directory: Path, spec: Mapping[str, Any], name: str) -> None:
+    """For full weights, compare the encoder ``build()`` would make (built on the meta device: no memory) with the
+    tensor shapes in the weights file's header, so that a config edited to a huge size is refused before anything
+    that size is allocated. Encoders that cannot be built on the meta device are checked after building instead."""
+    from safetensors import SafetensorError, safe_open
+
+    path, kind = weight_file(directory, spec, name)
+    if kind != "full":
+        return
+    try:
+        with torch.device("meta"):
+            skeleton = build()
+    except Exception as err:
+        log.debug("%s: cannot build on the meta device (%s); shapes are checked after loading", name, err)
+        return
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            shapes = {key: list(f.get_slice(key).get_shape()) for key in f.keys()}
+    except (OSError, SafetensorError) as err:
+        raise CheckpointError(f"{path}: cannot read encoder weights: {err}") from err
+    for key, tensor in skeleton.state_dict().items():
+        if key in shapes and shapes[key] != list(tensor.shape):
+            raise CheckpointError(
+                f"{path}: does not fit the {name} encoder built from the saved config: {key} is "
+                f"{shapes[key]} in the file, {list(tensor.shape)} in the encoder"
+            )
 
 
 def check_finite_state(

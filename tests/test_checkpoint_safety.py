@@ -112,7 +112,12 @@ def test_a_config_list_where_a_mapping_belongs_is_a_config_error_naming_the_file
 def test_a_shape_mismatch_is_a_checkpoint_error_naming_the_file(fk: Any, tmp_path: Path) -> None:
     ckpt = saved(fk, tmp_path)
     edit_meta(ckpt, lambda m: m["modalities"]["sig"]["config"]["encoder"].update(width=64))
-    with pytest.raises(CheckpointError, match=r"sig\.safetensors: does not fit the sig encoder.*size mismatch"):
+    pattern = r"sig\.safetensors: does not fit the sig encoder .*: stem\.proj\.weight is \[32, 1, 4\] in the file"
+    with pytest.raises(CheckpointError, match=pattern):
+        lbcore.load(ckpt)
+    # Refused from the file's header, before an encoder of the edited (here enormous) size is allocated.
+    edit_meta(ckpt, lambda m: m["modalities"]["sig"]["config"]["encoder"].update(width=2**20, heads=2))
+    with pytest.raises(CheckpointError, match=r"\[32, 1, 4\] in the file, \[1048576, 1, 4\] in the encoder"):
         lbcore.load(ckpt)
 
 
