@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 
 class LbindError(Exception):
@@ -67,10 +66,10 @@ def check_finite(values: Any, source: str | Path | None, what: str = "values") -
     WAV of samples near 1e20, say) is reported rather than turned into NaN embeddings. Integer and boolean data
     always pass.
     """
-    if isinstance(values, torch.Tensor):
+    if hasattr(values, "is_floating_point") and hasattr(values, "isfinite"):  # a torch tensor (torch not imported)
         if not (values.is_floating_point() or values.is_complex()):
             return
-        bad = int(values.numel() - torch.isfinite(values).sum().item())
+        bad = int(values.numel() - values.isfinite().sum().item())
         total = values.numel()
     else:
         arr = np.asarray(values)
