@@ -15,7 +15,12 @@ from lbcore.trainer import train as run_training
 @click.command()
 @click.option("--modality", "-m", "modality_names", multiple=True, help="Modality to train (repeat for several).")
 @click.option("--config", "config_file", type=click.Path(dir_okay=False), help="Run config YAML.")
-@click.option("--data", "data", multiple=True, help="Training manifest (JSONL/CSV): MODALITY=PATH, or one paired manifest for all.")
+@click.option(
+    "--data",
+    "data",
+    multiple=True,
+    help="Training manifest (JSONL/CSV): MODALITY=PATH, or one paired manifest for all.",
+)
 @click.option("--output", "-o", type=click.Path(file_okay=False), help="Run folder (default runs/<modalities>).")
 @click.option("--max-steps", type=int, help="Stop after N optimiser steps.")
 @click.option("--preset", "-p", help="Preset of the modalities named here (default: demo without --data).")
