@@ -9,6 +9,7 @@ validated in two steps because the modality's own config class is only known onc
 from __future__ import annotations
 
 import copy
+import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -235,7 +236,5 @@ def to_yaml(model: BaseModel) -> str:
 
 def default_cache_dir() -> Path:
     """Where lbind caches text embeddings and demo data: ``$LBIND_CACHE`` or ``~/.cache/lbind``."""
-    import os
-
     env = os.environ.get("LBIND_CACHE")
     return Path(env).expanduser() if env else Path.home() / ".cache" / "lbind"

@@ -21,6 +21,7 @@ from torch import nn
 
 from lbcore.config import ModalityConfig, deep_merge, validate_model
 from lbcore.errors import ConfigError, PluginError
+from lbcore.nn import ViTEncoder
 from lbcore.release import ReleaseLayout
 
 REQUIRED_PRESETS = ("languagebind", "demo")
@@ -176,8 +177,6 @@ class Modality(ABC):
 
         Default: this modality's stem + the core ViT trunk + the CLIP head.
         """
-        from lbcore.nn import ViTEncoder
-
         return ViTEncoder(self.build_stem(), self.config.encoder, embed_dim, mask_ratio=self.config.mask_ratio)
 
     # -- prompts ---------------------------------------------------------------------------------------

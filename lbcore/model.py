@@ -14,7 +14,6 @@ always saved in full.
 from __future__ import annotations
 
 import logging
-import math
 import os
 from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
@@ -23,8 +22,12 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from safetensors.torch import save_file
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
+from lbcore import __version__
+from lbcore.anchor import Anchor, TextEmbeddingCache
 from lbcore.checkpoint import (
     ADAPTER_FORMAT_VERSION,
     FORMAT,
@@ -37,6 +40,7 @@ from lbcore.checkpoint import (
     write_json,
 )
 from lbcore.config import AnchorConfig, validate_model
+from lbcore.encoders import load_modality, plugin_info
 from lbcore.errors import (
     AnchorError,
     CheckpointError,
@@ -59,7 +63,6 @@ from lbcore.modelcard import write_model_card
 from lbcore.weights import (
     base_reference,
     check_finite_state,
-    check_shapes_before_building,
     load_base,
     load_encoder_weights,
 )
@@ -67,23 +70,6 @@ from lbcore.weights import (
 __all__ = ["BindModel", "base_reference", "load", "load_base", "load_encoder_weights", "modality_of", "plugin_info"]
 
 log = logging.getLogger(__name__)
-
-
-def plugin_info(modality: Modality) -> dict[str, Any]:
-    """Which plugin provides ``modality`` (name, distribution, version), as recorded in ``lbind.json``."""
-    from lbcore.plugins import default_registry
-
-    info: dict[str, Any] = {"module": type(modality).__module__, "class": type(modality).__qualname__}
-    try:
-        reg = default_registry().registered(modality.name)
-    except ModalityNotFoundError:
-        return {"plugin": None, "distribution": None, "version": None, **info}
-    return {
-        "plugin": reg.plugin.name,
-        "distribution": reg.plugin.distribution,
-        "version": reg.plugin.version,
-        **info,
-    }
 
 
 class _RecordedAnchor:
@@ -97,8 +83,6 @@ class _RecordedAnchor:
 
     def encode(self, texts: Sequence[str], batch_size: int = 64) -> torch.Tensor:
         if self._anchor is None:
-            from lbcore.anchor import Anchor
-
             anchor = Anchor.from_config(self.cfg)
             if anchor.fingerprint != self.fingerprint:
                 raise AnchorError(
@@ -167,6 +151,7 @@ class BindModel(nn.Module):
         self.base_sources: dict[str, str] = dict(base_sources or {})
         self._verified_bases: set[tuple[str, str, str]] = set()  # (modality, source, sha256) checked by verify_base
         self._text_anchor: Any = None
+        self._text_cache: TextEmbeddingCache | None = None  # one store per model: opened once, refreshed per call
 
     # ------------------------------------------------------------------------------------------- embedding
     @property
@@ -248,8 +233,6 @@ class BindModel(nn.Module):
             if self.anchor_fingerprint is not None and self.embed_dim is not None:
                 self._text_anchor = _RecordedAnchor(self.anchor_cfg, self.anchor_fingerprint, self.embed_dim)
             else:
-                from lbcore.anchor import Anchor
-
                 anchor = Anchor.from_config(self.anchor_cfg)
                 self.anchor_fingerprint = anchor.fingerprint
                 self.embed_dim = anchor.embed_dim
@@ -259,12 +242,13 @@ class BindModel(nn.Module):
     def embed_text(self, texts: Sequence[str]) -> torch.Tensor:
         """Normalised anchor embeddings [N, E] of ``texts`` through the text-embedding cache (anchor loaded only
         for texts not cached yet), on the model's device."""
-        from lbcore.anchor import TextEmbeddingCache
-
         if isinstance(texts, str):
             texts = [texts]
-        cache = TextEmbeddingCache(self.anchor_cfg.cache_dir)
-        return cache.embed(self._anchor_source(), list(texts), batch_size=self.anchor_cfg.batch_size).to(self.device)
+        if self._text_cache is None:
+            self._text_cache = TextEmbeddingCache(self.anchor_cfg.cache_dir)
+        return self._text_cache.embed(self._anchor_source(), list(texts), batch_size=self.anchor_cfg.batch_size).to(
+            self.device
+        )
 
     @staticmethod
     def similarity(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -279,8 +263,6 @@ class BindModel(nn.Module):
     # ------------------------------------------------------------------------------------------- saving
     def describe(self, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """The ``lbind.json`` content of this model."""
-        from lbcore import __version__
-
         if self.anchor_fingerprint is None or self.embed_dim is None:
             raise CheckpointError(
                 "cannot save: the anchor's fingerprint and embedding size are unknown "
@@ -405,8 +387,6 @@ class BindModel(nn.Module):
 
         ``adapter_only``: see :meth:`save_pretrained`; a collection names the modalities to save as adapters.
         """
-        from safetensors.torch import save_file
-
         adapters = self._adapter_modalities(adapter_only)
         bases = {name: self.verify_base(name) for name in adapters}  # every base checked before anything is written
         meta = self.describe(extra)
@@ -482,7 +462,7 @@ class BindModel(nn.Module):
         encoders: dict[str, nn.Module] = {}
         scales: dict[str, float] = {}
         for name, spec in meta["modalities"].items():
-            modalities[name], encoders[name], scales[name] = _load_modality(directory, name, spec, embed_dim, base)
+            modalities[name], encoders[name], scales[name] = load_modality(directory, name, spec, embed_dim, base)
         fingerprint = anchor.get("fingerprint")
         if fingerprint is not None and not isinstance(fingerprint, str):
             raise CheckpointError(f"{directory / META_FILE}: anchor.fingerprint must be a string, got {fingerprint!r}")
@@ -490,46 +470,8 @@ class BindModel(nn.Module):
         return model.to(map_location).eval()
 
 
-def _load_modality(
-    directory: Path, name: str, spec: Mapping[str, Any], embed_dim: int, base: Mapping[str, str] | None
-) -> tuple[Modality, nn.Module, float]:
-    """(modality, encoder with its weights, logit scale) of one ``lbind.json`` entry, through its installed plugin."""
-    from lbcore.plugins import default_registry
-
-    where = f"{directory / META_FILE}: modalities.{name}"
-    try:
-        reg = default_registry().registered(name)
-    except ModalityNotFoundError as err:
-        raise ModalityNotFoundError(
-            f"{directory}: the checkpoint needs modality {name!r} from plugin "
-            f"{spec.get('distribution') or spec.get('plugin') or spec.get('module')!r}: {err}"
-        ) from err
-    if spec.get("version") and reg.plugin.version and spec["version"] != reg.plugin.version:
-        log.warning(
-            "%s: %s was saved with plugin %s %s; %s is installed",
-            directory,
-            name,
-            spec.get("plugin"),
-            spec["version"],
-            reg.plugin.version,
-        )
-    scale = spec.get("logit_scale", LogitScale().value.item())
-    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale):
-        raise CheckpointError(f"{where}.logit_scale is {scale!r}; expected a finite number (log inverse temperature)")
-    config = validate_model(
-        reg.cls.Config, spec.get("config", {}), ("modalities", name, "config"), str(directory / META_FILE)
-    )
-    modality = reg.cls(config)
-    check_shapes_before_building(lambda: modality.build_encoder(embed_dim), directory, spec, name)
-    encoder = modality.build_encoder(embed_dim)
-    load_encoder_weights(directory, spec, encoder, modality, base_overrides=base)
-    return modality, encoder, float(scale)
-
-
 def _unwrap(module: nn.Module) -> nn.Module:
     """The module inside DistributedDataParallel / torch.compile wrappers."""
-    from torch.nn.parallel import DistributedDataParallel
-
     while True:
         if isinstance(module, DistributedDataParallel):
             module = module.module

@@ -25,9 +25,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
+from accelerate import Accelerator
+from accelerate.utils import gather_object, is_tensorboard_available, set_seed
 from torch import nn
 
 from lbcore.checkpoint import FINAL_NAME, find_latest, step_dir_name, write_json
+from lbcore.convert import load_clip_vision_into, load_languagebind_into
 from lbcore.data import Batch, ErrorBudget
 from lbcore.engine import ContrastiveEngine, NonFiniteBudget, StepResult
 from lbcore.errors import ConfigError
@@ -106,12 +109,8 @@ class Trainer:
 
     # -- set-up ----------------------------------------------------------------------------------------
     def _setup_accelerator(self) -> None:
-        from accelerate import Accelerator
-
         kwargs: dict[str, Any] = {}
         if self.cfg.tensorboard:
-            from accelerate.utils import is_tensorboard_available
-
             if not is_tensorboard_available():
                 raise ConfigError(
                     "train.tensorboard: the tensorboard package is not installed (pip install tensorboard)"
@@ -141,8 +140,6 @@ class Trainer:
     def _init_encoder(self, name: str, modality: Modality, encoder: nn.Module) -> float | None:
         """Load the configured initial weights into ``encoder``; return the logit scale (log) they come with. The
         path is passed as a str: the loaders take a hub id there too (lbcore.hub)."""
-        from lbcore.convert import load_clip_vision_into, load_languagebind_into
-
         kind, _, init_path = self._init_spec(name).partition(":")
         if kind == "clip":
             for line in load_clip_vision_into(encoder, init_path):
@@ -163,8 +160,6 @@ class Trainer:
                 log.warning("%s: its encoder has no set_grad_checkpointing(); checkpointing is off", name)
 
     def _setup_model(self) -> None:
-        from accelerate.utils import set_seed
-
         encoders: dict[str, nn.Module] = {}
         init_scales: dict[str, float] = {}  # logit scales (log) that come with an initialisation
         self.param_counts: dict[str, dict[str, int]] = {}
@@ -361,8 +356,6 @@ class Trainer:
         }
 
     def _account_failures(self, micro: Mapping[str, Sequence[Batch]], step: int) -> None:
-        from accelerate.utils import gather_object
-
         acc = self.accelerator
         local = [
             (name, path, reason) for name, batches in micro.items() for b in batches for path, reason in b.failures

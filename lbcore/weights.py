@@ -17,6 +17,7 @@ from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import TYPE_CHECKING, Any
 
 import torch
+from safetensors import SafetensorError, safe_open
 from torch import nn
 
 from lbcore.checkpoint import META_FILE, read_meta, state_sha256
@@ -132,8 +133,6 @@ def check_shapes_before_building(build: Any, directory: Path, spec: Mapping[str,
     """For full weights, compare the encoder ``build()`` would make (built on the meta device: no memory) with the
     tensor shapes in the weights file's header, so that a config edited to a huge size is refused before anything
     that size is allocated. Encoders that cannot be built on the meta device are checked after building instead."""
-    from safetensors import SafetensorError, safe_open
-
     path, kind = weight_file(directory, spec, name)
     if kind != "full":
         return
@@ -173,8 +172,6 @@ def check_finite_state(
 def read_tensors(path: Path, modality: str | None = None) -> dict[str, torch.Tensor]:
     """Every tensor of a safetensors file (on the CPU), checked finite; with ``modality``, the file's recorded
     modality (safetensors metadata, when present) must be that one."""
-    from safetensors import SafetensorError, safe_open
-
     try:
         with safe_open(str(path), framework="pt", device="cpu") as f:
             recorded = (f.metadata() or {}).get(MODALITY_KEY)
