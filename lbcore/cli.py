@@ -203,15 +203,18 @@ def _train_summary(m: dict[str, Any]) -> Table:
 @click.option(
     "--save-full", is_flag=True, default=None, help="Write full merged encoder weights instead of LoRA adapters."
 )
+@click.option("--group", "groups", multiple=True, metavar="A,B", help="Also align these modalities as one group.")
 def train(
     modality_names: tuple[str, ...],
     config_file: str | None,
     data: tuple[str, ...],
     output: str | None,
     preset: str | None,
+    groups: tuple[str, ...],
     **flags: Any,
 ) -> None:
     """Train modality encoders against the frozen anchor (no --data: the demo preset on the demo dataset)."""
+    flags["groups"] = [g.split(",") for g in groups] or None
     from lbcore.config import read_yaml
     from lbcore.runconfig import apply_overrides, resolve_config
     from lbcore.trainer import TrainEvent

@@ -38,6 +38,7 @@ from lbcore.config import AnchorConfig, validate_model
 from lbcore.convert.clip import load_clip_vision_into
 from lbcore.convert.languagebind import load_languagebind_into
 from lbcore.errors import AnchorError, CheckpointError, InputError, ModalityNotFoundError
+from lbcore.grouping import GroupSet, read_groups, write_groups
 from lbcore.lora import (
     LORA_A,
     LORA_B,
@@ -125,6 +126,7 @@ class BindModel(nn.Module):
         anchor_fingerprint: str | None = None,
         embed_dim: int | None = None,
         base_sources: Mapping[str, str] | None = None,
+        groups: GroupSet | None = None,
     ) -> None:
         super().__init__()
         if set(encoders) != set(modalities):
@@ -146,6 +148,7 @@ class BindModel(nn.Module):
                         scale.value.fill_(float(given))
                 scales[name] = scale
         self.logit_scales = scales
+        self.groups = groups if groups is not None else GroupSet()  # grouped modalities (lbcore.grouping)
         self.anchor_fingerprint = anchor_fingerprint
         dims = {getattr(e, "embed_dim", None) for e in encoders.values()} - {None}
         self.embed_dim = embed_dim if embed_dim is not None else (dims.pop() if len(dims) == 1 else None)
@@ -380,6 +383,8 @@ class BindModel(nn.Module):
                 state = export_encoder_state(encoder)
             metadata = {"format": "pt", "modality": name, "weights": spec["weights"]}
             save_file(state, str(directory / spec["file"]), metadata=metadata)
+        if len(self.groups):
+            meta["groups"] = write_groups(directory, self.groups)
         meta["format_version"] = ADAPTER_FORMAT_VERSION if adapters else FULL_FORMAT_VERSION
         write_json(directory / META_FILE, meta)
 
@@ -459,9 +464,11 @@ class BindModel(nn.Module):
             modalities[name] = modality
             encoders[name] = encoder
             scales[name] = float(spec.get("logit_scale", LogitScale().value.item()))
+        groups = read_groups(directory, meta["groups"], embed_dim) if "groups" in meta else None
         model = cls(
-            anchor_cfg, encoders, modalities, scales, anchor_fingerprint=anchor.get("fingerprint"), embed_dim=embed_dim
-        )
+            anchor_cfg, encoders, modalities, scales, anchor_fingerprint=anchor.get("fingerprint"), embed_dim=embed_dim,
+            groups=groups,
+        )  # fmt: skip
         return model.to(map_location).eval()
 
 

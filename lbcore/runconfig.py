@@ -27,6 +27,7 @@ from lbcore.config import (
 )
 from lbcore.data import default_workers
 from lbcore.errors import ConfigError
+from lbcore.grouping import check_groups
 from lbcore.plugins import default_registry
 
 __all__ = [
@@ -112,6 +113,21 @@ class TrainConfig(StrictModel):
     log_every: int = Field(10, gt=0, description="Log a metrics line (and TensorBoard scalars) every N steps.")
     tensorboard: bool = Field(False, description="Write TensorBoard scalars through accelerate's tracker.")
     demo_seed: int = Field(0, ge=0, description="Seed of the generated demo datasets.")
+    groups: list[list[str]] = Field(
+        default_factory=list,
+        description=(
+            "Groups of modalities aligned as one besides alone (VALOR's grouping alignment), e.g. [[video, audio]]: "
+            "the loss of the group's fused embedding against the captions is added, on the rows of one paired "
+            "manifest (every member's train.data) that have every member. A modality is in at most one group."
+        ),
+    )
+    group_fusion: Literal["learned", "mean"] = Field(
+        "learned", description="Group fusion: 'learned' member weights (+ linear map), or the parameter-free 'mean'."
+    )
+    group_linear: bool = Field(
+        True, description="Learned fusion: a linear map (initialised to identity) after the sum."
+    )
+    group_weight: float = Field(1.0, ge=0, description="Weight of each group's loss beside the modalities' own.")
 
     @field_validator("init")
     @classmethod
@@ -173,6 +189,10 @@ def resolve_config(config: TrainPlan | Mapping[str, Any] | str | Path, source: s
                 f"{source + ': ' if source else ''}train.{key}: given for {', '.join(unknown)}, which the run does "
                 f"not train (modalities: {', '.join(modalities)})"
             )
+    try:
+        check_groups(train_cfg.groups, list(modalities))
+    except ConfigError as err:
+        raise ConfigError(f"{source + ': ' if source else ''}{err}") from err
     run, configs = validate_run_config(data, source=source)
     return TrainPlan(run.anchor, configs, train_cfg)
 

@@ -27,6 +27,7 @@ from lbcore.checkpoint import (
     write_json,
 )
 from lbcore.errors import CheckpointError, ConfigError
+from lbcore.grouping import GROUPS_FILE, load_group_state
 from lbcore.model import BindModel, base_reference
 from lbcore.optim import scheduler_state
 
@@ -142,6 +143,7 @@ def restore_checkpoint(
     with torch.no_grad():
         for name, scale in model.logit_scales.items():
             scale.value.copy_(scales[name].reshape(()).to(scale.value.device))
+    load_group_state(model.groups, latest / GROUPS_FILE)  # group fusions and temperatures (outside accelerate)
     sched = json.loads((state_dir / SCHEDULER_FILE).read_text(encoding="utf-8"))
     scheduler.load_state_dict(sched)
     progress = json.loads((state_dir / PROGRESS_FILE).read_text(encoding="utf-8"))
