@@ -331,6 +331,10 @@ def _print_card(card: dict[str, Any], card_path: Any, plot_path: Any) -> None:
     for name, metrics in card["metrics_per_modality"].items():
         table.add_row(name, *[_fmt(metrics.get(c)) for c in columns])
     label = "+".join([card["modality"], card["fuse"]]) + " (fused)" if card["fuse"] else card["modality"]
+    if card.get("group"):
+        members = "+".join(card["group"]["members"])
+        table.add_row(f"{members} (logit fusion)", *[_fmt(card["group"]["logit_fusion"].get(c)) for c in columns])
+        label = f"{members} (group, {card['group']['fusion']} fusion)"
     table.add_row(f"[bold]{label}[/]", *[f"[bold]{_fmt(card['metrics'].get(c))}[/]" for c in columns])
     console.print(table)
     per_class = card["metrics"].get("per_class") or card["metrics"].get("per_class_ap") or {}
@@ -362,6 +366,7 @@ def _print_card(card: dict[str, Any], card_path: Any, plot_path: Any) -> None:
 )
 @click.option("--fuse", metavar="MODALITY", help="Also score MODALITY and average the logits (paired manifest).")
 @click.option("--emergent", metavar="MODALITY", help="Retrieval between --modality and MODALITY (paired manifest).")
+@click.option("--group", metavar="A,B", help="Grouped evaluation of these modalities (paired manifest or demo).")
 @click.option("--template", "templates", multiple=True, help="Prompt template with {} (repeat; default: the plugin's).")
 @click.option("--batch-size", type=int, default=32, show_default=True, help="Items per forward pass.")
 @click.option("--num-workers", type=int, help="DataLoader workers preprocessing the files.")
@@ -381,6 +386,7 @@ def evaluate_command(
     task: str,
     fuse: str | None,
     emergent: str | None,
+    group: str | None,
     templates: tuple[str, ...],
     batch_size: int,
     num_workers: int | None,
@@ -407,6 +413,7 @@ def evaluate_command(
             task=task,  # type: ignore[arg-type]
             fuse=fuse,
             emergent=emergent,
+            group=group.split(",") if group else None,
             templates=templates or None,
             batch_size=batch_size,
             num_workers=num_workers,

@@ -37,6 +37,7 @@ __all__ = [
     "GroupSet",
     "build_groups",
     "check_groups",
+    "fused_features",
     "group_key",
     "group_loss",
     "load_group_state",
@@ -177,6 +178,24 @@ def group_loss(
         return None
     fused = fusion([f.index_select(0, p) for f, p in zip(features, positions, strict=True)])
     return contrastive_loss(fused, texts.index_select(0, positions[0]), fusion.logit_scale.value, gather=False)
+
+
+@torch.no_grad()
+def fused_features(
+    groups: GroupSet, members: Sequence[str], features: Mapping[str, torch.Tensor]
+) -> tuple[torch.Tensor, dict[str, Any]]:
+    """The group embeddings [N, E] of aligned member features (rows = items) and what fused them: the trained
+    fusion of exactly these members when ``groups`` has one, else the parameter-free mean."""
+    fusion = groups.fusion_for(members)
+    embed_dim = next(iter(features.values())).shape[-1]
+    trained = fusion is not None
+    if fusion is None:
+        fusion = GroupFusion(members, embed_dim, "mean")
+    device = fusion.logit_scale.value.device
+    fused = fusion([F.normalize(features[m].float().to(device), dim=-1) for m in fusion.members])
+    weights = dict(zip(fusion.members, fusion.member_weights().tolist(), strict=True))
+    info = {"members": list(members), "fusion": fusion.fusion, "trained": trained, "member_weights": weights}
+    return fused, info
 
 
 # ------------------------------------------------------------------------------------------- saving
