@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from pathlib import Path
 from typing import Any
 
 import click
@@ -204,6 +205,10 @@ def _train_summary(m: dict[str, Any]) -> Table:
     "--save-full", is_flag=True, default=None, help="Write full merged encoder weights instead of LoRA adapters."
 )
 @click.option("--group", "groups", multiple=True, metavar="A,B", help="Also align these modalities as one group.")
+@click.option("--caption", is_flag=True, help="Train a caption decoder (after the encoders, or on --checkpoint).")
+@click.option("--checkpoint", type=click.Path(file_okay=False), help="With --caption: train only its decoder.")
+@click.option("--source", metavar="A[,B]", help="With --caption: the modality or group the decoder reads.")
+@click.option("--caption-steps", type=int, help="With --caption: decoder training steps.")
 def train(
     modality_names: tuple[str, ...],
     config_file: str | None,
@@ -211,9 +216,18 @@ def train(
     output: str | None,
     preset: str | None,
     groups: tuple[str, ...],
+    caption: bool,
+    checkpoint: str | None,
+    source: str | None,
+    caption_steps: int | None,
     **flags: Any,
 ) -> None:
     """Train modality encoders against the frozen anchor (no --data: the demo preset on the demo dataset)."""
+    from lbcore.caption_cli import train_caption_decoder
+
+    if caption and checkpoint:
+        train_caption_decoder(Path(checkpoint), source, data, steps=caption_steps, seed=flags.get("seed"))
+        return
     flags["groups"] = [g.split(",") for g in groups] or None
     from lbcore.config import read_yaml
     from lbcore.runconfig import apply_overrides, resolve_config
@@ -252,9 +266,12 @@ def train(
             console.print(_train_summary(m))
 
     try:
-        run_training(plan, progress=on_event)
+        final = run_training(plan, progress=on_event)
     finally:
         bar.stop()
+    if caption:
+        source = source or (",".join(plan.train.groups[0]) if plan.train.groups else None)
+        train_caption_decoder(final, source, data, steps=caption_steps, seed=flags.get("seed"))
 
 
 # ------------------------------------------------------------------------------------------ evaluation and embedding
@@ -359,11 +376,12 @@ def _print_card(card: dict[str, Any], card_path: Any, plot_path: Any) -> None:
 @click.option("--option", "options", multiple=True, metavar="KEY=VALUE", help="Extra dataset-reader argument.")
 @click.option(
     "--task",
-    type=click.Choice(["auto", "classification", "retrieval"]),
+    type=click.Choice(["auto", "classification", "retrieval", "captioning"]),
     default="auto",
     show_default=True,
-    help="auto: classification when every row has a label, else retrieval over the captions.",
+    help="auto: classification when every row has a label, else retrieval; captioning: the checkpoint's decoder.",
 )
+@click.option("--beam", type=int, default=1, show_default=True, help="--task captioning: beam width (1: greedy).")
 @click.option("--fuse", metavar="MODALITY", help="Also score MODALITY and average the logits (paired manifest).")
 @click.option("--emergent", metavar="MODALITY", help="Retrieval between --modality and MODALITY (paired manifest).")
 @click.option("--group", metavar="A,B", help="Grouped evaluation of these modalities (paired manifest or demo).")
@@ -387,6 +405,7 @@ def evaluate_command(
     fuse: str | None,
     emergent: str | None,
     group: str | None,
+    beam: int,
     templates: tuple[str, ...],
     batch_size: int,
     num_workers: int | None,
@@ -401,6 +420,19 @@ def evaluate_command(
     from lbcore.evaluate import evaluate_checkpoint
     from lbcore.plot import write_plot
 
+    if task == "captioning":
+        from lbcore.caption_cli import print_caption_card
+        from lbcore.captioneval import evaluate_captioning
+
+        card = evaluate_captioning(checkpoint, manifest=manifest, beams=beam, batch_size=batch_size)
+        name = f"captioning-{card['modality']}-{card['dataset']['split']}.json"
+        card_path = Path(output) if output else Path(checkpoint).resolve().parent / "eval" / name
+        write_card(card, card_path)
+        if as_json:
+            click.echo(json.dumps(card, indent=2))
+        else:
+            print_caption_card(card, card_path)
+        return
     with _progress_bar("eval") as bar:
         evaluation = evaluate_checkpoint(
             checkpoint,
@@ -673,6 +705,7 @@ def demo(
 
 def _add_core_commands() -> None:
     """Commands whose implementation lives in its own lbcore module (imported lazily by click callbacks)."""
+    from lbcore.caption_cli import caption
     from lbcore.convert_cli import convert
     from lbcore.scaffold import new_modality
 
@@ -680,6 +713,8 @@ def _add_core_commands() -> None:
         cli.add_command(new_modality)
     if "convert" not in cli.commands:
         cli.add_command(convert)
+    if "caption" not in cli.commands:
+        cli.add_command(caption)
 
 
 def main(argv: list[str] | None = None) -> None:
