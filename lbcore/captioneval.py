@@ -21,9 +21,8 @@ from lbcore.captioning import Captioner, encoder_tokens, load_captioner
 from lbcore.captionmetrics import caption_scores
 from lbcore.captiontrain import caption_manifest
 from lbcore.checkpoint import read_meta
-from lbcore.datasets import EvalDataset
+from lbcore.datasets import EvalDataset, read_eval_manifest
 from lbcore.errors import EvaluationError
-from lbcore.evalmanifest import read_eval_manifest
 from lbcore.grouping import fused_features
 from lbcore.model import BindModel, load, modality_of
 

@@ -26,9 +26,8 @@ from pydantic import Field
 from lbcore.captioning import Captioner, DecoderConfig, encoder_tokens, save_captioner, word_tokenizer
 from lbcore.checkpoint import read_meta
 from lbcore.config import StrictModel
-from lbcore.datasets import EvalDataset
+from lbcore.datasets import EvalDataset, read_eval_manifest
 from lbcore.demo import demo_data
-from lbcore.evalmanifest import read_eval_manifest
 from lbcore.model import BindModel, load, modality_of
 from lbcore.pairdata import paired_demo_manifest
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import json
+import logging
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -19,10 +20,14 @@ from lbcore import __version__
 from lbcore.checkpoint import META_FILE, read_meta, write_json
 from lbcore.datasets import EvalDataset
 from lbcore.errors import CheckpointError
+from lbcore.hub import parse_hub_id
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "CARD_FORMAT",
     "CARD_VERSION",
+    "cards_of",
     "checkpoint_digest",
     "default_card_path",
     "file_sha256",
@@ -88,7 +93,8 @@ def items_digest(datasets: Mapping[str, EvalDataset]) -> str:
 
 
 def default_card_path(checkpoint: str | Path, card: Mapping[str, Any]) -> Path:
-    """``<checkpoint's parent>/eval/<modality>[+fuse | -emergent]-<reader>[-<split>].json``."""
+    """``<checkpoint's parent>/eval/<modality>[+fuse | -emergent]-<reader>[-<split>].json``; for a hub id
+    (``hf://org/name``), whose folder is the read-only cache, ``./eval/org--name/...`` instead."""
     name = card["modality"]
     if card.get("group"):
         name = "group-" + "+".join(card["group"]["members"])
@@ -99,7 +105,32 @@ def default_card_path(checkpoint: str | Path, card: Mapping[str, Any]) -> Path:
     data = card["dataset"]
     name += f"-{data['reader']}" + (f"-{data['split']}" if data.get("split") else "")
     safe = "".join(c if c.isalnum() or c in "+-_." else "_" for c in name)
+    hub = parse_hub_id(checkpoint) if isinstance(checkpoint, str) else None
+    if hub is not None:
+        return Path.cwd() / "eval" / hub.repo_id.replace("/", "--") / f"{safe}.json"
     return Path(checkpoint).resolve().parent / "eval" / f"{safe}.json"
+
+
+def cards_of(checkpoint: str | Path) -> list[dict[str, Any]]:
+    """The result cards of this checkpoint's weights found beside it (``<parent>/eval/*.json``, where ``lbind
+    eval`` writes them, and ``<checkpoint>/eval/*.json``): those whose recorded checkpoint sha256 is the
+    checkpoint's, in file-name order. Other JSON files there are passed over; unreadable ones are logged."""
+    directory = Path(checkpoint)
+    files = sorted((directory.parent / "eval").glob("*.json")) + sorted((directory / "eval").glob("*.json"))
+    if not files:
+        return []
+    digest = checkpoint_digest(directory)["sha256"]
+    found = []
+    for path in files:
+        try:
+            card = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+            log.warning("%s: not a readable result card, left out: %s", path, err)
+            continue
+        if isinstance(card, dict) and card.get("format") == CARD_FORMAT:
+            if (card.get("checkpoint") or {}).get("sha256") == digest:
+                found.append(card)
+    return found
 
 
 def write_card(card: Mapping[str, Any], path: str | Path) -> Path:

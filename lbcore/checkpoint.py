@@ -41,6 +41,7 @@ import torch
 
 from lbcore import lora as _lora
 from lbcore.errors import CheckpointError
+from lbcore.hub import checkpoint_folder
 
 log = logging.getLogger(__name__)
 
@@ -137,7 +138,10 @@ def read_meta(directory: str | Path) -> dict[str, Any]:
     if not directory.is_dir():
         raise CheckpointError(f"{directory}: no such checkpoint directory")
     if not path.is_file():
-        raise CheckpointError(f"{directory}: not an lbind checkpoint (no {META_FILE})")
+        raise CheckpointError(
+            f"{directory}: not an lbind checkpoint (no {META_FILE}) nor a run folder (no {FINAL_NAME}/ or "
+            f"step-*/ checkpoint in it)"
+        )
     try:
         meta = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
@@ -212,3 +216,25 @@ def prune_step_dirs(output_dir: Path, keep: int) -> None:
     for _, path in dirs[: max(len(dirs) - keep, 0)]:
         log.info("removing old checkpoint %s", path)
         _remove_tree(path)
+
+
+def resolve_checkpoint_dir(path: str | os.PathLike[str]) -> Path:
+    """The checkpoint folder ``path`` stands for: a hub id ``hf://org/name[@revision]`` resolved through the
+    Hugging Face cache (:func:`lbcore.hub.checkpoint_folder`); ``path`` itself when it holds ``lbind.json``; for a
+    run folder (what ``lbind train --output`` writes), its ``final/`` checkpoint, else its newest ``step-*`` one,
+    with one INFO line saying which was taken. Anything else comes back unchanged, for :func:`read_meta` to report."""
+    path = checkpoint_folder(path)
+    if (path / META_FILE).is_file() or not path.is_dir():
+        return path
+    chosen = path / FINAL_NAME
+    if not (chosen / META_FILE).is_file():
+        steps = [
+            (int(m.group(1)), child)
+            for child in path.iterdir()
+            if (m := STEP_PATTERN.fullmatch(child.name)) is not None and (child / META_FILE).is_file()
+        ]
+        if not steps:
+            return path
+        chosen = max(steps)[1]
+    log.info("%s is a run folder: using its checkpoint %s", path, chosen)
+    return chosen

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,7 @@ from typing import Any
 import click
 from rich.console import Console
 from rich.logging import RichHandler
+from rich.markup import escape
 from rich.syntax import Syntax
 from rich.table import Table
 
@@ -26,13 +28,47 @@ def _registry():
     return default_registry().load()
 
 
+CHECKPOINT_HELP = "Checkpoint folder, run folder, or a hub id hf://ORG/NAME[@REVISION]."
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("-v", "--verbose", count=True, help="More log output (-v info, -vv debug).")
 @click.version_option(package_name="lbind", prog_name="lbind")
 def cli(verbose: int) -> None:
     """lbind: bind any modality to language through a frozen text anchor."""
+    _configure_output(verbose)
+
+
+# Libraries whose info logs and progress bars (transformers' "Loading weights", huggingface_hub's downloads,
+# accelerate's set-up notes) are hidden unless -v is given.
+_THIRD_PARTY_LOGGERS = ("transformers", "huggingface_hub", "accelerate", "peft", "timm", "torch", "urllib3", "filelock")
+# lbind loggers whose INFO lines every user should see (e.g. which checkpoint of a run folder was taken).
+_NOTICE_LOGGERS = ("lbcore.checkpoint",)
+
+
+def _configure_output(verbose: int) -> None:
+    """Logging through rich on stderr: lbind's warnings (and notices) by default, -v info, -vv debug; third-party
+    info logs and progress bars only with -v."""
     level = logging.WARNING - 10 * min(verbose, 2)
-    logging.basicConfig(level=level, format="%(message)s", handlers=[RichHandler(console=err_console)], force=True)
+    handler = RichHandler(console=err_console, show_time=verbose > 0, show_path=verbose > 1)
+    logging.basicConfig(level=level, format="%(message)s", handlers=[handler], force=True)
+    for name in _NOTICE_LOGGERS:
+        logging.getLogger(name).setLevel(min(level, logging.INFO))
+    for name in _THIRD_PARTY_LOGGERS:
+        logging.getLogger(name).setLevel(level if verbose else logging.ERROR)
+    # transformers sets its own logger's level when first imported, from TRANSFORMERS_VERBOSITY; importing it
+    # here would cost every command a second, so set the variable, and the level too if it is loaded already.
+    os.environ["TRANSFORMERS_VERBOSITY"] = logging.getLevelName(level if verbose else logging.ERROR).lower()
+    if "transformers.utils.logging" in sys.modules:
+        sys.modules["transformers.utils.logging"].set_verbosity(level if verbose else logging.ERROR)
+    # transformers' progress bars start off when huggingface_hub's are off at its import; later, switch both.
+    if os.environ.get("HF_HUB_DISABLE_PROGRESS_BARS") is None:  # the variable, when set, wins (hub's rule)
+        from huggingface_hub.utils import disable_progress_bars, enable_progress_bars
+
+        (enable_progress_bars if verbose else disable_progress_bars)()
+    if "transformers.utils.logging" in sys.modules:
+        bars = sys.modules["transformers.utils.logging"]
+        (bars.enable_progress_bar if verbose else bars.disable_progress_bar)()
 
 
 @cli.command()
@@ -44,20 +80,21 @@ def plugins(as_json: bool) -> None:
         click.echo(json.dumps([vars(i) for i in infos], indent=2))
         return
     table = Table(title="lbind plugins (entry-point group 'lbind')")
-    for col in ("plugin", "distribution", "version", "status", "hooks", "modalities", "error"):
+    for col in ("plugin", "distribution", "status", "hooks", "modalities"):
         table.add_column(col, overflow="fold")
     style = {"ok": "green", "broken": "bold red", "disabled": "dim"}
     for i in infos:
         table.add_row(
             i.name,
-            i.distribution or "-",
-            i.version or "-",
+            " ".join(x for x in (i.distribution, i.version) if x) or "-",
             f"[{style[i.status]}]{i.status}[/]",
-            ", ".join(i.hooks) or "-",
+            "\n".join(i.hooks) or "-",
             ", ".join(i.modalities) or "-",
-            i.error or "",
         )
     console.print(table if infos else "[yellow]no lbind plugins installed[/]")
+    for i in infos:  # below the table, where a long message has the whole width
+        if i.error:
+            console.print(f"[{style[i.status]}]{i.name}:[/] {escape(i.error)}", highlight=False)
 
 
 def _defaults_summary(cfg: Any) -> str:
@@ -98,12 +135,12 @@ def modalities(as_json: bool) -> None:
         click.echo(json.dumps(out, indent=2))
         return
     table = Table(title="lbind modalities (defaults: the 'languagebind' preset)")
-    for col in ("modality", "plugin", "version", "presets", "defaults"):
-        table.add_column(col, overflow="fold")
+    for col in ("modality", "plugin", "presets", "defaults"):
+        # presets wrap one per line at most, leaving the defaults the room they need
+        table.add_column(col, overflow="fold", max_width=16 if col == "presets" else None)
     for name, reg, cfg in rows:
-        table.add_row(
-            name, reg.plugin.name, reg.plugin.version or "-", ", ".join(sorted(reg.cls.presets)), _defaults_summary(cfg)
-        )
+        plugin = " ".join(x for x in (reg.plugin.name, reg.plugin.version) if x)
+        table.add_row(name, plugin, ", ".join(sorted(reg.cls.presets)), _defaults_summary(cfg))
     console.print(table if rows else "[yellow]no modalities registered: install a plugin (see `lbind plugins`)[/]")
     broken = [p for p in registry.plugins.values() if p.status == "broken"]
     if broken:
@@ -186,7 +223,12 @@ def _train_summary(m: dict[str, Any]) -> Table:
 @cli.command()
 @click.option("--modality", "-m", "modality_names", multiple=True, help="Modality to train (repeat for several).")
 @click.option("--config", "config_file", type=click.Path(dir_okay=False), help="Run config YAML.")
-@click.option("--data", "data", multiple=True, help="Training manifest (JSONL/CSV); MODALITY=PATH with several.")
+@click.option(
+    "--data",
+    "data",
+    multiple=True,
+    help="Training manifest (JSONL/CSV): MODALITY=PATH, or one paired manifest for all.",
+)
 @click.option("--output", "-o", type=click.Path(file_okay=False), help="Run folder (default runs/<modalities>).")
 @click.option("--max-steps", type=int, help="Stop after N optimiser steps.")
 @click.option("--preset", "-p", help="Preset of the modalities named here (default: demo without --data).")
@@ -243,9 +285,17 @@ def train(
     bar = _train_bar()
     task: list[Any] = []
 
+    captions = _progress_bar("captions")
+
     def on_event(event: TrainEvent) -> None:
         m = event.metrics
-        if event.kind == "start":
+        if event.kind == "captions":  # the anchor encodes the captions missing from the cache
+            if not captions.task_ids:
+                captions.start()
+                captions.add_task("through the anchor", total=event.total_steps, rate="")
+            _advance(captions, captions.task_ids[0], event.step, event.total_steps)
+        elif event.kind == "start":
+            captions.stop()
             for name, counts in m["params"].items():
                 err_console.print(
                     f"{name}: {counts['trainable']:,} trainable of {counts['total']:,} parameters"
@@ -268,6 +318,7 @@ def train(
     try:
         final = run_training(plan, progress=on_event)
     finally:
+        captions.stop()
         bar.stop()
     if caption:
         source = source or (",".join(plan.train.groups[0]) if plan.train.groups else None)
@@ -297,16 +348,25 @@ def _fmt(value: Any) -> str:
 
 
 def _progress_bar(label: str) -> Any:
+    """A transient bar on stderr: description, bar, done/total, rate (items/s), elapsed time."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     return Progress(
         TextColumn(f"[bold]{label}[/] {{task.description}}"),
         BarColumn(),
         MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]}"),
         TimeElapsedColumn(),
         console=err_console,
         transient=True,
     )
+
+
+def _advance(bar: Any, task: Any, done: int, total: int | None) -> None:
+    """Move ``task`` to ``done`` of ``total`` and show its rate (rich's speed estimate) once there is one."""
+    bar.update(task, completed=done, total=total)
+    speed = bar.tasks[bar.task_ids.index(task)].speed
+    bar.update(task, rate=f"{speed:.1f}/s" if speed else "")
 
 
 def _eval_progress(bar: Any) -> Any:
@@ -314,8 +374,8 @@ def _eval_progress(bar: Any) -> Any:
 
     def report(what: str, done: int, total: int) -> None:
         if what not in tasks:
-            tasks[what] = bar.add_task(what, total=total)
-        bar.update(tasks[what], completed=done, total=total)
+            tasks[what] = bar.add_task(what, total=total, rate="")
+        _advance(bar, tasks[what], done, total)
 
     return report
 
@@ -365,7 +425,7 @@ def _print_card(card: dict[str, Any], card_path: Any, plot_path: Any) -> None:
 
 
 @cli.command("eval")
-@click.option("--checkpoint", "-c", required=True, type=click.Path(file_okay=False), help="Checkpoint folder.")
+@click.option("--checkpoint", "-c", required=True, type=click.Path(file_okay=False), help=CHECKPOINT_HELP)
 @click.option("--modality", "-m", help="Modality to evaluate (default: the checkpoint's only one).")
 @click.option("--dataset", help="Reader name of the modality's plugin (e.g. esc50); with --data-root.")
 @click.option("--data-root", type=click.Path(file_okay=False), help="Root folder of the --dataset layout.")
@@ -386,6 +446,9 @@ def _print_card(card: dict[str, Any], card_path: Any, plot_path: Any) -> None:
 @click.option("--emergent", metavar="MODALITY", help="Retrieval between --modality and MODALITY (paired manifest).")
 @click.option("--group", metavar="A,B", help="Grouped evaluation of these modalities (paired manifest or demo).")
 @click.option("--template", "templates", multiple=True, help="Prompt template with {} (repeat; default: the plugin's).")
+@click.option(
+    "--templates", "template_set", metavar="NAME", help="A named template set of the modality (e.g. speech for audio)."
+)
 @click.option("--batch-size", type=int, default=32, show_default=True, help="Items per forward pass.")
 @click.option("--num-workers", type=int, help="DataLoader workers preprocessing the files.")
 @click.option(
@@ -407,6 +470,7 @@ def evaluate_command(
     group: str | None,
     beam: int,
     templates: tuple[str, ...],
+    template_set: str | None,
     batch_size: int,
     num_workers: int | None,
     output: str | None,
@@ -417,9 +481,16 @@ def evaluate_command(
     from pathlib import Path
 
     from lbcore.cards import default_card_path, write_card
+    from lbcore.errors import ConfigError
     from lbcore.evaluate import evaluate_checkpoint
     from lbcore.plot import write_plot
 
+    checkpoint = _checkpoint_dir(checkpoint)
+    if template_set is not None:
+        if templates:
+            raise ConfigError("give --template or --templates NAME, not both")
+        named = _registry().registered(_only_modality(checkpoint, modality)).cls.template_set(template_set)
+        templates = tuple(named)
     if task == "captioning":
         from lbcore.caption_cli import print_caption_card
         from lbcore.captioneval import evaluate_captioning
@@ -464,20 +535,27 @@ def evaluate_command(
         _print_card(card, card_path, plot_path)
 
 
+def _checkpoint_dir(path: str) -> str:
+    """A checkpoint folder, or a run folder standing for its final (else newest) checkpoint."""
+    from lbcore.checkpoint import resolve_checkpoint_dir
+
+    return str(resolve_checkpoint_dir(path))
+
+
 def _only_modality(checkpoint: str, modality: str | None) -> str:
-    from lbcore.checkpoint import read_meta
+    from lbcore.checkpoint import read_meta, resolve_checkpoint_dir
     from lbcore.errors import ConfigError
 
     if modality:
         return modality
-    names = list(read_meta(checkpoint)["modalities"])
+    names = list(read_meta(resolve_checkpoint_dir(checkpoint))["modalities"])
     if len(names) != 1:
         raise ConfigError(f"{checkpoint} holds {', '.join(names)}: choose one with --modality")
     return names[0]
 
 
 @cli.command()
-@click.option("--checkpoint", "-c", required=True, type=click.Path(file_okay=False), help="Checkpoint folder.")
+@click.option("--checkpoint", "-c", required=True, type=click.Path(file_okay=False), help=CHECKPOINT_HELP)
 @click.option("--modality", "-m", help="Modality of the inputs (default: the checkpoint's only one).")
 @click.argument("inputs", nargs=-1, required=True)
 @click.option(
@@ -503,9 +581,10 @@ def embed(
     """
     from lbcore.embedding import embed_job
 
+    checkpoint = _checkpoint_dir(checkpoint)
     name = _only_modality(checkpoint, modality)
     with _progress_bar("embed") as bar:
-        task = bar.add_task(name, total=None)
+        task = bar.add_task(name, total=None, rate="")
         result = embed_job(
             checkpoint,
             name,
@@ -514,7 +593,7 @@ def embed(
             batch_size=batch_size,
             num_workers=num_workers,
             save_every=save_every,
-            progress=lambda done, total: bar.update(task, completed=done, total=total),
+            progress=lambda done, total: _advance(bar, task, done, total),
         )
     table = Table(title="embed summary", show_header=False)
     table.add_row("output", f"{result.output} (+ {result.sidecar.name})")
@@ -553,7 +632,7 @@ class _MediaOptionsCommand(click.Command):
 
 
 @cli.command(cls=_MediaOptionsCommand)
-@click.option("--checkpoint", "-c", required=True, type=click.Path(file_okay=False), help="Checkpoint folder.")
+@click.option("--checkpoint", "-c", required=True, type=click.Path(file_okay=False), help=CHECKPOINT_HELP)
 @click.option("--text", "-t", "texts", multiple=True, required=True, help="A text (repeat): one row each.")
 @click.option("--input", "-i", "pairs", multiple=True, metavar="MODALITY=FILE", help="A media file of any modality.")
 @click.option("--softmax", is_flag=True, help="Show, per file, the softmax over the texts of scale x cosine.")
@@ -587,7 +666,7 @@ def similarity(
         media.append((name, path))
     if not media:
         raise ConfigError("no media file given: pass --<modality> FILE or --input MODALITY=FILE")
-    model = load(checkpoint)
+    model = load(_checkpoint_dir(checkpoint))
     matrix = media_similarity(model, texts, media)  # [T, M]
     shown = matrix
     if softmax:
@@ -653,8 +732,12 @@ def demo(
         tasks: dict[str, Any] = {}
 
         def on_train(name: str, event: Any) -> None:
-            if event.kind == "start":
-                tasks[name] = bar.add_task(f"train {name}", total=event.total_steps, completed=event.step)
+            if event.kind == "captions":
+                if f"captions {name}" not in tasks:
+                    tasks[f"captions {name}"] = bar.add_task(f"captions {name}", total=event.total_steps, rate="")
+                _advance(bar, tasks[f"captions {name}"], event.step, event.total_steps)
+            elif event.kind == "start":
+                tasks[name] = bar.add_task(f"train {name}", total=event.total_steps, completed=event.step, rate="")
             elif event.kind == "step" and name in tasks:
                 bar.update(tasks[name], completed=event.step)
 
@@ -703,10 +786,30 @@ def demo(
         sys.exit(1)
 
 
+@cli.command()
+@click.option(
+    "--checkpoint", "-c", "checkpoints", multiple=True, type=click.Path(file_okay=False),
+    help="Checkpoint folder (repeat for several; default: the demo checkpoints runs/demo/<modality>/final).",
+)  # fmt: skip
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to serve on (local only by default).")
+@click.option("--port", type=int, help="Port (default: the first free one from 7860).")
+def app(checkpoints: tuple[str, ...], host: str, port: int | None) -> None:
+    """Serve the interactive demo as a local web page: text <-> media, zero-shot, media <-> media, the model."""
+    from lbcore.appview import start
+
+    running = start(checkpoints or None, host=host, port=port)
+    console.print(f"lbind app: [bold]{running.url}[/] ({', '.join(running.session.modalities)}); Ctrl+C stops it")
+    try:
+        running.wait()
+    finally:
+        running.close()
+
+
 def _add_core_commands() -> None:
     """Commands whose implementation lives in its own lbcore module (imported lazily by click callbacks)."""
     from lbcore.caption_cli import caption
     from lbcore.convert_cli import convert
+    from lbcore.push_cli import push
     from lbcore.scaffold import new_modality
 
     if "new-modality" not in cli.commands:
@@ -715,10 +818,25 @@ def _add_core_commands() -> None:
         cli.add_command(convert)
     if "caption" not in cli.commands:
         cli.add_command(caption)
+    if "push" not in cli.commands:
+        cli.add_command(push)
+
+
+def _leading_verbosity(argv: list[str]) -> int:
+    """How many -v the arguments before the command name give (what the group callback will see)."""
+    count = 0
+    for arg in argv:
+        if arg == "--verbose" or (arg.startswith("-v") and set(arg[1:]) == {"v"}):
+            count += 1 if arg == "--verbose" else len(arg) - 1
+        elif not arg.startswith("-"):
+            break
+    return count
 
 
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point: plugins add their commands, typed errors become one red line."""
+    # Output is set up before plugins load (their import errors are logged then); the group callback repeats it.
+    _configure_output(_leading_verbosity(sys.argv[1:] if argv is None else argv))
     _add_core_commands()
     try:
         _registry().add_commands(cli)

@@ -14,7 +14,7 @@ def convert() -> None:
 
 
 @convert.command("languagebind")
-@click.argument("sources", nargs=-1, required=True, type=click.Path(file_okay=False, path_type=Path))
+@click.argument("sources", nargs=-1, required=True)  # str: a folder, or a hub id (lbcore.hub)
 @click.option(
     "--output",
     "-o",
@@ -27,10 +27,11 @@ def convert() -> None:
     type=click.Path(file_okay=False, exists=True, path_type=Path),
     help="Folder with the CLIP tokenizer files, when a SOURCE folder has none.",
 )
-def languagebind(sources: tuple[Path, ...], output: Path, tokenizer: Path | None) -> None:
-    """Convert downloaded LanguageBind checkpoint folders (SOURCES: LanguageBind_Audio, _Audio_FT, _Depth,
-    _Thermal, _Image, _Video, _Video_FT) into the lbind checkpoint OUTPUT: LoRA merged, preprocessing settings
-    carried into each modality's config, and the text tower saved once as OUTPUT/anchor."""
+def languagebind(sources: tuple[str, ...], output: Path, tokenizer: Path | None) -> None:
+    """Convert LanguageBind releases (SOURCES: LanguageBind_Audio, _Audio_FT, _Depth, _Thermal, _Image, _Video,
+    _Video_FT) into the lbind checkpoint OUTPUT: LoRA merged, preprocessing settings carried into each modality's
+    config, and the text tower saved once as OUTPUT/anchor. A SOURCE is a downloaded folder or a hub id
+    (LanguageBind/LanguageBind_Audio, hf://ORG/NAME@REVISION), fetched into the Hugging Face cache."""
     from rich.console import Console
     from rich.table import Table
 
@@ -46,7 +47,7 @@ def languagebind(sources: tuple[Path, ...], output: Path, tokenizer: Path | None
         settings = ", ".join(f"{k}={v}" for k, v in result.settings.items()) or "-"
         anchor = f"{'shared' if result.anchor_shared else 'written'} ({result.anchor_fingerprint[:12]})"
         table.add_row(
-            str(source),
+            source,
             result.model_type,
             result.modality,
             lora,

@@ -1,118 +1,63 @@
-"""Manifests: JSONL or CSV files listing media (path relative to the manifest) and their captions.
+"""Training data: a manifest's rows as deterministic training samples.
 
-JSONL: one object per line, ``{"path": "a/b.wav", "captions": ["...", "..."], "label": "optional"}``
-(``"caption": "..."`` is accepted for a single caption). CSV: columns ``path`` and ``caption`` (one row per
-caption; rows with the same path are merged) and optionally ``label``.
+:class:`TrainDataset` (one caption drawn per sample per epoch; files read through the tolerant
+:class:`lbcore.samples.PreprocessDataset`, augmentation seeded by (seed, epoch, index)), :class:`EpochBatchSampler`
+(deterministic, process-sharded batches), :class:`SampleCollator` (drops and reports samples that failed to load)
+and :class:`ErrorBudget` (stops the run past a share of bad files).
 
-For training: :class:`TrainDataset` (one caption drawn per sample per epoch, augmentation seeded by
-(seed, epoch, index)), :class:`EpochBatchSampler` (deterministic, process-sharded batches), :class:`SampleCollator`
-(drops and reports samples that failed to load) and :class:`ErrorBudget` (stops the run past a share of bad files).
+Manifests are read by :mod:`lbcore.manifest`; ``read_manifest``, ``write_manifest``, ``ManifestEntry`` and
+``ManifestError`` moved there, and ``default_workers``, ``derive_seed`` and ``seeded_rng`` to
+:mod:`lbcore.samples` (the old import paths work for one release, with a warning).
 """
 
 from __future__ import annotations
 
-import csv
-import json
+import importlib
 import math
-import os
+import warnings
 from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from lbcore.errors import LbindError
+import numpy as np
+import torch
 
+from lbcore import samples
+from lbcore.manifest import Manifest
+from lbcore.samples import DataError, PreprocessDataset, stack_survivors
 
-def default_workers() -> int:
-    """DataLoader workers: one core left for the main process, at most 4."""
-    return min(4, max((os.cpu_count() or 1) - 1, 0))
+if TYPE_CHECKING:
+    from lbcore.manifest import ManifestEntry
 
+__all__ = [
+    "Batch",
+    "CaptionIndex",
+    "DataError",
+    "EpochBatchSampler",
+    "ErrorBudget",
+    "ErrorBudgetExceeded",
+    "Sample",
+    "SampleCollator",
+    "TrainDataset",
+]
 
-class ManifestError(LbindError):
-    """A manifest is malformed or names files that do not exist."""
-
-
-@dataclass(frozen=True)
-class ManifestEntry:
-    path: Path  # absolute
-    captions: tuple[str, ...]
-    label: str | None = None
-
-
-def read_manifest(manifest: str | Path, check_files: bool = True) -> list[ManifestEntry]:
-    """Parse a manifest; with ``check_files``, list every missing media file in one error."""
-    manifest = Path(manifest)
-    if not manifest.is_file():
-        raise ManifestError(f"{manifest}: manifest not found")
-    base = manifest.parent
-    if manifest.suffix.lower() == ".csv":
-        entries = _read_csv(manifest, base)
-    else:
-        entries = _read_jsonl(manifest, base)
-    if not entries:
-        raise ManifestError(f"{manifest}: manifest lists no media")
-    if check_files:
-        missing = [str(e.path) for e in entries if not e.path.is_file()]
-        if missing:
-            shown = "\n  ".join(missing[:50]) + (f"\n  ... and {len(missing) - 50} more" if len(missing) > 50 else "")
-            raise ManifestError(f"{manifest}: {len(missing)} of {len(entries)} media file(s) missing:\n  {shown}")
-    return entries
+# Public names that moved out of this module: the old import path works for one release, with a warning.
+_MOVED = {
+    **dict.fromkeys(("ManifestEntry", "ManifestError", "read_manifest", "write_manifest"), "lbcore.manifest"),
+    **dict.fromkeys(("default_workers", "derive_seed", "seeded_rng"), "lbcore.samples"),
+}
 
 
-def _read_jsonl(manifest: Path, base: Path) -> list[ManifestEntry]:
-    entries = []
-    for lineno, line in enumerate(manifest.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise ManifestError(f"{manifest}:{lineno}: not valid JSON: {err.msg}") from err
-        if not isinstance(row, dict) or "path" not in row:
-            raise ManifestError(f"{manifest}:{lineno}: expected an object with a 'path' key")
-        captions = row.get("captions", row.get("caption"))
-        if isinstance(captions, str):
-            captions = [captions]
-        if not captions or not all(isinstance(c, str) and c.strip() for c in captions):
-            raise ManifestError(f"{manifest}:{lineno}: expected 'captions' as a non-empty list of strings")
-        entries.append(ManifestEntry((base / row["path"]).resolve(), tuple(captions), row.get("label")))
-    return entries
-
-
-def _read_csv(manifest: Path, base: Path) -> list[ManifestEntry]:
-    merged: dict[str, tuple[list[str], str | None]] = {}
-    with open(manifest, newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f)
-        if not reader.fieldnames or "path" not in reader.fieldnames or "caption" not in reader.fieldnames:
-            raise ManifestError(f"{manifest}: CSV manifest needs 'path' and 'caption' columns")
-        for lineno, row in enumerate(reader, 2):
-            if not row["path"] or not (row["caption"] or "").strip():
-                raise ManifestError(f"{manifest}:{lineno}: empty path or caption")
-            caps, _label = merged.setdefault(row["path"], ([], row.get("label") or None))
-            caps.append(row["caption"])
-    return [ManifestEntry((base / p).resolve(), tuple(c), lab) for p, (c, lab) in merged.items()]
-
-
-def write_manifest(manifest: str | Path, rows: Iterable[dict]) -> Path:
-    """Write JSONL rows (``path`` relative to the manifest's folder), atomically."""
-    manifest = Path(manifest)
-    manifest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = manifest.with_suffix(manifest.suffix + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
-    tmp.replace(manifest)
-    return manifest
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Training data: deterministic sampling, caption choice and augmentation; unreadable files skipped under a budget.
-# ---------------------------------------------------------------------------------------------------------------
-
-
-class DataError(LbindError):
-    """Training data could not be used."""
+def __getattr__(name: str) -> Any:
+    if name in _MOVED:
+        module = _MOVED[name]
+        warnings.warn(
+            f"lbcore.data.{name} moved to {module}.{name}; the old import path will be removed in the next release",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return getattr(importlib.import_module(module), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 class ErrorBudgetExceeded(DataError):
@@ -123,51 +68,23 @@ class ErrorBudgetExceeded(DataError):
         self.failures = dict(failures)
 
 
-def derive_seed(*parts: int) -> int:
-    """A 32-bit seed that depends on every part (e.g. run seed, epoch, sample index), well mixed."""
-    import numpy as np
-
-    return int(np.random.SeedSequence([int(p) & 0xFFFFFFFF for p in parts]).generate_state(1)[0])
-
-
-@contextmanager
-def seeded_rng(seed: int) -> Iterator[None]:
-    """Seed Python's, NumPy's and torch's (CPU) global generators for the block, then restore them.
-
-    Plugins draw their training augmentation from these global generators; seeding them per sample makes the
-    augmentation a function of (seed, epoch, index), the same in any worker, process count or resumed run.
-    """
-    import random
-
-    import numpy as np
-    import torch
-
-    py_state, np_state, torch_state = random.getstate(), np.random.get_state(), torch.get_rng_state()
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.random.default_generator.manual_seed(seed)  # CPU only: accelerator generators are the trainer's
-    try:
-        yield
-    finally:
-        random.setstate(py_state)
-        np.random.set_state(np_state)
-        torch.set_rng_state(torch_state)
-
-
 @dataclass(frozen=True)
 class CaptionIndex:
-    """The distinct captions of a manifest (in first-seen order) and, per entry, the ids of its captions."""
+    """The distinct captions of a manifest (in first-seen order) and, per row, the ids of its captions."""
 
     texts: tuple[str, ...]
     ids: tuple[tuple[int, ...], ...]
 
     @classmethod
-    def from_entries(cls, entries: Sequence[ManifestEntry]) -> CaptionIndex:
+    def from_captions(cls, captions: Iterable[Sequence[str]]) -> CaptionIndex:
+        """From each row's captions, in row order."""
         position: dict[str, int] = {}
-        ids = []
-        for entry in entries:
-            ids.append(tuple(position.setdefault(c, len(position)) for c in entry.captions))
+        ids = [tuple(position.setdefault(c, len(position)) for c in row) for row in captions]
         return cls(tuple(position), tuple(ids))
+
+    @classmethod
+    def from_entries(cls, entries: Sequence[ManifestEntry]) -> CaptionIndex:
+        return cls.from_captions(e.captions for e in entries)
 
 
 @dataclass(frozen=True)
@@ -199,69 +116,67 @@ class Batch:
 
 
 class TrainDataset:
-    """Map-style dataset over manifest entries, indexed by ``(epoch, index)`` keys (see :class:`EpochBatchSampler`).
+    """Map-style dataset over a manifest's rows, indexed by ``(epoch, index)`` keys (see :class:`EpochBatchSampler`).
 
-    Per key: one caption is drawn from the entry's captions and the file is preprocessed with ``train=True``,
-    both seeded by (seed, epoch, index). A file that fails to load (any exception from ``preprocess``) gives a
-    :class:`Sample` with the error instead of a tensor; the collate function drops it and reports it, and the
-    trainer counts it against the error budget. Nothing is replaced by another sample.
+    ``rows``: a :class:`~lbcore.manifest.Manifest` (its column for ``modality``, or ``column``; every row needs a
+    caption) or a list of :class:`~lbcore.manifest.ManifestEntry`. Per key: one caption is drawn from the row's
+    captions and the file is preprocessed with ``train=True``, both seeded by (seed, epoch, index), through
+    :class:`lbcore.samples.PreprocessDataset`. A file that fails to load gives a :class:`Sample` with the error
+    instead of a tensor; the collate function drops it and reports it, and the trainer counts it against the
+    error budget. Nothing is replaced by another sample.
     """
 
-    def __init__(self, entries: Sequence[ManifestEntry], modality: Any, seed: int = 0, train: bool = True) -> None:
-        self.entries = list(entries)
+    def __init__(
+        self,
+        rows: Manifest | Sequence[ManifestEntry],
+        modality: Any,
+        seed: int = 0,
+        train: bool = True,
+        *,
+        column: str | None = None,
+    ) -> None:
+        if isinstance(rows, Manifest):
+            rows.require_captions("training")
+            self.paths = rows.paths(column or rows.column_for(modality.name))
+            self.captions = CaptionIndex.from_captions(rows.captions(i) for i in range(len(rows)))
+        else:
+            self.paths = [e.path for e in rows]
+            self.captions = CaptionIndex.from_entries(rows)
         self.modality = modality
-        self.captions = CaptionIndex.from_entries(self.entries)
         self.seed = seed
         self.train = train
+        self.files = PreprocessDataset(modality, self.paths, train=train, seed=seed)
 
     def __len__(self) -> int:
-        return len(self.entries)
+        return len(self.paths)
 
     def caption_choice(self, epoch: int, index: int) -> int:
-        """The caption id used for entry ``index`` in ``epoch``."""
+        """The caption id used for row ``index`` in ``epoch``."""
         choices = self.captions.ids[index]
         if len(choices) == 1:
             return choices[0]
-        return choices[derive_seed(self.seed, epoch, index, 0x0CA9) % len(choices)]
+        return choices[samples.derive_seed(self.seed, epoch, index, 0x0CA9) % len(choices)]
 
     def __getitem__(self, key: tuple[int, int] | int) -> Sample:
         epoch, index = key if isinstance(key, tuple) else (0, key)
-        entry = self.entries[index]
-        caption_id = self.caption_choice(epoch, index)
-        try:
-            with seeded_rng(derive_seed(self.seed, epoch, index, 0xA06)):
-                tensor = self.modality.preprocess(entry.path, train=self.train)
-        except Exception as err:  # any loader failure is reported and counted, never hidden or replaced
-            return Sample(index, caption_id, None, str(entry.path), f"{type(err).__name__}: {err}")
-        return Sample(index, caption_id, tensor, str(entry.path))
+        loaded = self.files[(epoch, index)]
+        return Sample(index, self.caption_choice(epoch, index), loaded.tensor, str(self.paths[index]), loaded.error)
 
 
 class SampleCollator:
-    """Collate :class:`Sample` objects into a :class:`Batch` through the modality's ``collate``."""
+    """Collate :class:`Sample` objects into a :class:`Batch` (survivors through the modality's ``collate``)."""
 
     def __init__(self, modality: Any) -> None:
         self.modality = modality
 
-    def __call__(self, samples: Sequence[Sample]) -> Batch:
-        import torch
-
-        ok = [s for s in samples if s.error is None]
-        failures = [(s.source, s.error or "") for s in samples if s.error is not None]
-        inputs = None
-        if ok:
-            try:
-                inputs = self.modality.collate([s.tensor for s in ok])
-            except Exception as err:
-                shapes = sorted({tuple(getattr(s.tensor, "shape", ())) for s in ok})
-                raise DataError(
-                    f"modality {self.modality.name!r}: cannot batch the preprocessed samples of "
-                    f"{', '.join(s.source for s in ok[:5])}{' ...' if len(ok) > 5 else ''} (shapes {shapes}): {err}"
-                ) from err
+    def __call__(self, batch: Sequence[Sample]) -> Batch:
+        ok = [s for s in batch if s.error is None]
+        inputs = stack_survivors(self.modality, batch, [s.source for s in batch])
         return Batch(
             inputs,
             torch.tensor([s.caption_id for s in ok], dtype=torch.int64),
             torch.tensor([s.index for s in ok], dtype=torch.int64),
-            failures,
+            [(s.source, s.error) for s in batch if s.error is not None],
         )
 
 
@@ -309,11 +224,9 @@ class EpochBatchSampler:
         return self.steps * self.grad_accum
 
     def __iter__(self) -> Iterator[list[tuple[int, int]]]:
-        import numpy as np
-
         epoch = self.epoch
         if self.shuffle:
-            order = np.random.default_rng(derive_seed(self.seed, epoch, 0x5A3)).permutation(self.num_samples)
+            order = np.random.default_rng(samples.derive_seed(self.seed, epoch, 0x5A3)).permutation(self.num_samples)
         else:
             order = np.arange(self.num_samples)
         share = self.global_batch // self.world

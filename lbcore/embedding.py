@@ -1,39 +1,35 @@
 """Embedding media files in bulk, and the resumable ``lbind embed`` job.
 
-:func:`iter_embeddings` runs a model over files through a DataLoader whose workers preprocess them; a file that
-fails to load is reported by name (with the reason) instead of stopping the run, and the caller decides what
-that means (evaluation refuses to score a partial dataset, the embed job carries on and lists it).
+:func:`iter_embeddings` runs a model over files through a DataLoader whose workers preprocess them
+(:mod:`lbcore.samples`); a file that fails to load is reported by name (with the reason) instead of stopping the
+run, and the caller decides what that means (evaluation refuses to score a partial dataset, the embed job
+carries on and lists it).
 
-The embed job writes two files: the embeddings (``.npy``, or ``.safetensors`` with one tensor named
-``embeddings``), float32 [rows, E] and L2-normalised, and a sidecar ``<output>.json`` (e.g. ``emb.npy.json``)
-whose ``inputs`` list names the file of every row, in row order, as a resolved absolute path. The sidecar also
-records the modality, the checkpoint's sha256 and the files that could not be read (``failed``: path -> reason).
-Running the job again with the same output embeds only the inputs not listed yet (files that failed before are
-tried again) and appends their rows; a run that stops early keeps what it had written at its last save.
+The embed job writes the embeddings and their sidecar (:mod:`lbcore.embedstore`: the format, the atomic commit
+and the lock). Running the job again with the same output embeds only the inputs not listed yet (files that
+failed before are tried again) and appends their rows; a run that stops early, even killed, keeps what it had
+committed at its last save. A second job on the same output is refused while the first runs.
 """
 
 from __future__ import annotations
 
-import datetime as _dt
+import importlib
 import logging
-import os
+import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-import numpy as np
 import torch
 
 from lbcore import __version__
 from lbcore.cards import checkpoint_digest
-from lbcore.checkpoint import write_json
-from lbcore.data import default_workers
+from lbcore.checkpoint import resolve_checkpoint_dir
+from lbcore.embedstore import SIDECAR_FORMAT, SIDECAR_VERSION, EmbedStore, check_output, lock_output, sidecar_path
 from lbcore.errors import CheckpointError, InputError, LbindError
 from lbcore.model import BindModel, load, modality_of
-
-if TYPE_CHECKING:
-    from lbcore.modality import Modality
+from lbcore.samples import PreprocessDataset, SurvivorCollator, default_workers
 
 log = logging.getLogger(__name__)
 
@@ -49,12 +45,23 @@ __all__ = [
     "sidecar_path",
 ]
 
-SIDECAR_FORMAT = "lbind-embeddings"
-SIDECAR_VERSION = 1
-OUTPUT_SUFFIXES = (".npy", ".safetensors")
-SAFETENSORS_KEY = "embeddings"
-
 ProgressCallback = Callable[[int, int], None]  # (inputs done, inputs in all)
+
+# Public names that moved out of this module: the old import path works for one release, with a warning.
+_MOVED = dict.fromkeys(("OUTPUT_SUFFIXES", "SAFETENSORS_KEY"), "lbcore.embedstore")
+
+
+def __getattr__(name: str) -> Any:
+    if name in _MOVED:
+        module = _MOVED[name]
+        warnings.warn(
+            f"lbcore.embedding.{name} moved to {module}.{name}; the old import path will be removed in the next "
+            "release",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return getattr(importlib.import_module(module), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 class UnreadableInputsError(LbindError):
@@ -68,38 +75,6 @@ class UnreadableInputsError(LbindError):
 
 
 # ------------------------------------------------------------------------------------------ batched embedding
-class _FileDataset(torch.utils.data.Dataset):
-    """Item ``i`` -> ``(i, tensor, None)``, or ``(i, None, reason)`` when preprocessing it failed."""
-
-    def __init__(self, modality: Modality, items: Sequence[Any]) -> None:
-        self.modality = modality
-        self.items = list(items)
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def __getitem__(self, index: int) -> tuple[int, torch.Tensor | None, str | None]:
-        try:
-            return index, self.modality.preprocess(self.items[index], train=False), None
-        except Exception as err:  # any loader failure is returned by name to the caller, which reports it
-            return index, None, f"{type(err).__name__}: {err}"
-
-
-class _Collate:
-    """Stack the samples that loaded through the modality's ``collate``; pass the failures on."""
-
-    def __init__(self, modality: Modality) -> None:
-        self.modality = modality
-
-    def __call__(
-        self, samples: Sequence[tuple[int, torch.Tensor | None, str | None]]
-    ) -> tuple[list[int], torch.Tensor | None, dict[int, str]]:
-        ok = [(i, t) for i, t, err in samples if err is None]
-        failures = {i: err for i, _, err in samples if err is not None}
-        batch = self.modality.collate([t for _, t in ok]) if ok else None
-        return [i for i, _ in ok], batch, failures
-
-
 @dataclass
 class EmbeddedBatch:
     """One batch: ``embeddings`` [b, E] of the items at ``indices``; ``failures`` item index -> reason."""
@@ -126,22 +101,22 @@ def iter_embeddings(
     mod = modality_of(model, modality)
     workers = default_workers() if num_workers is None else num_workers
     loader = torch.utils.data.DataLoader(
-        _FileDataset(mod, items),
+        PreprocessDataset(mod, items),
         batch_size=batch_size,
         shuffle=False,
         num_workers=min(workers, max(len(items) // batch_size, 1)) if workers else 0,
-        collate_fn=_Collate(mod),
+        collate_fn=SurvivorCollator(mod),
     )
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
-            for indices, batch, failures in loader:
-                if batch is None:
+            for batch in loader:
+                if batch.inputs is None:
                     emb = torch.empty(0, model.embed_dim or 0)
                 else:
-                    emb = model.encode(modality, batch.to(model.device)).float().cpu()
-                yield EmbeddedBatch(indices, emb, failures)
+                    emb = model.encode(modality, batch.inputs.to(model.device)).float().cpu()
+                yield EmbeddedBatch(batch.indices, emb, batch.failures)
     finally:
         model.train(was_training)
 
@@ -238,48 +213,6 @@ def collect_inputs(
 
 
 # -------------------------------------------------------------------------------------------- the embed job
-def sidecar_path(output: str | Path) -> Path:
-    """The JSON that lists the rows of an embeddings file: ``<output>.json``."""
-    output = Path(output)
-    return output.with_name(output.name + ".json")
-
-
-def _check_output(output: Path) -> None:
-    if output.suffix.lower() not in OUTPUT_SUFFIXES:
-        raise InputError(
-            output, f"unsupported embeddings file type {output.suffix or '(none)'!r}", ".npy or .safetensors"
-        )
-
-
-def _read_array(output: Path) -> np.ndarray:
-    try:
-        if output.suffix.lower() == ".npy":
-            return np.load(output, allow_pickle=False)
-        from safetensors.numpy import load_file
-
-        tensors = load_file(str(output))
-    except Exception as err:  # any reader failure: the file is not what the sidecar says
-        raise InputError(
-            output, f"cannot read the existing embeddings: {err}", "a file written by lbind embed"
-        ) from err
-    if SAFETENSORS_KEY not in tensors:
-        raise InputError(output, f"has no tensor {SAFETENSORS_KEY!r}", "a file written by lbind embed")
-    return tensors[SAFETENSORS_KEY]
-
-
-def _write_array(output: Path, array: np.ndarray, modality: str) -> None:
-    """Atomically (temporary file + rename) write [rows, E] float32."""
-    tmp = output.with_name(f".{output.name}.tmp")
-    if output.suffix.lower() == ".npy":
-        with open(tmp, "wb") as f:
-            np.save(f, array, allow_pickle=False)
-    else:
-        from safetensors.numpy import save_file
-
-        save_file({SAFETENSORS_KEY: np.ascontiguousarray(array)}, str(tmp), metadata={"modality": modality})
-    os.replace(tmp, output)
-
-
 @dataclass
 class EmbedJobResult:
     """What one run of the embed job did."""
@@ -292,46 +225,71 @@ class EmbedJobResult:
     failed: dict[str, str] = field(default_factory=dict)  # requested inputs that could not be read, with why
 
 
-def _load_state(output: Path, modality: str, digest: str, dim: int) -> tuple[list[str], dict[str, str], np.ndarray]:
-    """The rows already in ``output`` (their inputs, the recorded failures, the array), checked against the job."""
-    import json
+def _sidecar_header(model: BindModel, modality: str, checkpoint: Path, digest: str) -> dict[str, Any]:
+    """The sidecar's description of the job: everything but its rows and failures."""
+    if model.embed_dim is None:
+        raise CheckpointError(f"{checkpoint}: the model does not record its embedding size")
+    return {
+        "format": SIDECAR_FORMAT,
+        "format_version": SIDECAR_VERSION,
+        "lbind_version": __version__,
+        "modality": modality,
+        "embed_dim": int(model.embed_dim),
+        "dtype": "float32",
+        "normalized": True,
+        "array": None,  # set by embed_job: the output's file name
+        "checkpoint": {"path": str(checkpoint.resolve()), "sha256": digest},
+        "anchor": {"name": model.anchor_cfg.name, "fingerprint": model.anchor_fingerprint},
+    }
 
-    side = sidecar_path(output)
-    if not output.exists() and not side.exists():
-        return [], {}, np.zeros((0, dim), np.float32)
-    if not side.is_file():
-        raise InputError(output, f"exists without its sidecar {side.name}", "both files (or neither: delete it)")
-    if not output.is_file():
-        raise InputError(side, f"exists without the embeddings file {output.name}", "both files (or delete it)")
+
+def _plan(store: EmbedStore, files: Sequence[Path], missing: Mapping[str, str], result: EmbedJobResult) -> list[Path]:
+    """The files still to embed; inputs that do not exist are recorded as failed (in the store and the result)."""
+    done = set(store.inputs)
+    todo = [p for p in files if str(p) not in done]
+    result.already_done = len(files) - len(todo)
+    for path in todo:
+        store.failed.pop(str(path), None)  # tried again
+    for path, reason in missing.items():
+        store.failed[path] = reason
+        result.failed[path] = reason
+        log.warning("%s: %s", path, reason)
+    return todo
+
+
+def _embed_into(
+    store: EmbedStore,
+    model: BindModel,
+    modality: str,
+    todo: Sequence[Path],
+    result: EmbedJobResult,
+    *,
+    batch_size: int,
+    num_workers: int | None,
+    save_every: int,
+    progress: ProgressCallback | None,
+) -> None:
+    """Embed ``todo`` into ``store``, saving every ``save_every`` new rows and at the end (also on interruption)."""
+    completed = 0
+    batches = iter_embeddings(model, modality, todo, batch_size=batch_size, num_workers=num_workers)
     try:
-        meta = json.loads(side.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as err:
-        raise InputError(side, f"unreadable sidecar: {err}", "the JSON written by lbind embed") from err
-    if not isinstance(meta, dict) or meta.get("format") != SIDECAR_FORMAT:
-        raise InputError(side, "not an lbind embeddings sidecar", f"format {SIDECAR_FORMAT!r}")
-    if meta.get("modality") != modality:
-        raise InputError(
-            output, f"holds {meta.get('modality')!r} embeddings, not {modality!r}", "another --output for this job"
-        )
-    recorded = (meta.get("checkpoint") or {}).get("sha256")
-    if recorded != digest:
-        raise InputError(
-            output,
-            f"was written with checkpoint {(meta.get('checkpoint') or {}).get('path')} (sha256 {str(recorded)[:12]}), "
-            f"not this one (sha256 {digest[:12]}); rows from two models cannot share a file",
-            "another --output, or delete the old file and its sidecar",
-        )
-    inputs = meta.get("inputs")
-    if not isinstance(inputs, list) or not all(isinstance(p, str) for p in inputs):
-        raise InputError(side, "'inputs' is not a list of paths", "the JSON written by lbind embed")
-    array = _read_array(output)
-    if array.ndim != 2 or array.shape[0] != len(inputs) or array.shape[1] != dim:
-        raise InputError(
-            output,
-            f"holds an array of shape {list(array.shape)} but its sidecar lists {len(inputs)} inputs of a {dim}-d model",
-            "the two files of one run (delete both to start again)",
-        )
-    return inputs, dict(meta.get("failed") or {}), array.astype(np.float32, copy=False)
+        for batch in batches:
+            names = [str(todo[i]) for i in batch.indices]
+            if names:
+                store.append(names, batch.embeddings.numpy())
+                result.embedded.extend(names)
+            for index, reason in batch.failures.items():
+                store.failed[str(todo[index])] = result.failed[str(todo[index])] = reason
+                log.warning("%s: skipped: %s", todo[index], reason)
+            completed += len(batch.indices) + len(batch.failures)
+            if progress is not None:
+                progress(completed, len(todo))
+            if store.unsaved >= save_every:
+                store.save()
+    finally:
+        if store.pending:
+            store.save()
+        result.rows = len(store)
 
 
 def embed_job(
@@ -346,85 +304,38 @@ def embed_job(
     progress: ProgressCallback | None = None,
     model: BindModel | None = None,
 ) -> EmbedJobResult:
-    """Embed the files ``inputs`` names (see :func:`collect_inputs`) into ``output`` (.npy or .safetensors).
+    """Embed the files ``inputs`` names (see :func:`collect_inputs`) into ``output`` (.npy or .safetensors) with
+    the checkpoint (or run folder) ``checkpoint``; ``progress(done, total)`` is called as files are embedded.
 
     Resumes: inputs already listed in the sidecar are skipped, new rows are appended. Unreadable files are
-    logged, listed in the sidecar's ``failed`` and in the result, and the job carries on. The files are
-    rewritten (atomically) every ``save_every`` new rows and at the end, also when the run is interrupted.
+    logged, listed in the sidecar's ``failed`` and in the result, and the job carries on. The output is
+    committed (atomically, see :mod:`lbcore.embedstore`) every ``save_every`` new rows and at the end, also when
+    the run is interrupted; :class:`~lbcore.embedstore.OutputLockedError` if another job writes ``output``.
     """
     output = Path(output)
-    _check_output(output)
-    checkpoint = Path(checkpoint)
+    check_output(output)
+    checkpoint = resolve_checkpoint_dir(checkpoint)  # a run folder or hf://org/name[@rev]
     digest = checkpoint_digest(checkpoint)["sha256"]
     model = model if model is not None else load(checkpoint)
     mod = modality_of(model, modality)
-    if model.embed_dim is None:
-        raise CheckpointError(f"{checkpoint}: the model does not record its embedding size")
-    dim = int(model.embed_dim)
-    done, failed_before, array = _load_state(output, modality, digest, dim)
-    files, missing = collect_inputs(inputs, getattr(mod, "extensions", None))
-    done_set = set(done)
-    todo = [p for p in files if str(p) not in done_set]
-    result = EmbedJobResult(output, sidecar_path(output), len(done), already_done=len(files) - len(todo))
-    failed = dict(failed_before)
-    for path in todo:
-        failed.pop(str(path), None)  # tried again below
-    for path, reason in missing.items():
-        failed[path] = reason
-        result.failed[path] = reason
-        log.warning("%s: %s", path, reason)
-
-    rows = list(done)
-    parts = [array]
-    unsaved = 0
-
-    def save() -> None:
-        stacked = np.concatenate(parts) if len(parts) > 1 else parts[0]
-        parts[:] = [stacked]
-        output.parent.mkdir(parents=True, exist_ok=True)
-        _write_array(output, stacked, modality)
-        meta = {
-            "format": SIDECAR_FORMAT,
-            "format_version": SIDECAR_VERSION,
-            "lbind_version": __version__,
-            "modality": modality,
-            "embed_dim": dim,
-            "dtype": "float32",
-            "normalized": True,
-            "array": output.name,
-            "checkpoint": {"path": str(checkpoint.resolve()), "sha256": digest},
-            "anchor": {"name": model.anchor_cfg.name, "fingerprint": model.anchor_fingerprint},
-            "inputs": rows,
-            "failed": failed,
-            "updated": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        }
-        write_json(sidecar_path(output), meta)
-        result.rows = len(rows)
-
-    total = len(todo)
-    completed = 0
-    try:
-        for batch in iter_embeddings(model, modality, todo, batch_size=batch_size, num_workers=num_workers):
-            if batch.indices:
-                parts.append(batch.embeddings.numpy().astype(np.float32, copy=False))
-                names = [str(todo[i]) for i in batch.indices]
-                rows.extend(names)
-                result.embedded.extend(names)
-                unsaved += len(names)
-            for index, reason in batch.failures.items():
-                path = str(todo[index])
-                failed[path] = reason
-                result.failed[path] = reason
-                log.warning("%s: skipped: %s", path, reason)
-            completed += len(batch.indices) + len(batch.failures)
-            if progress is not None:
-                progress(completed, total)
-            if unsaved >= save_every:
-                save()
-                unsaved = 0
-    finally:
-        if unsaved or not output.exists() or failed != failed_before:
-            save()
+    header = {**_sidecar_header(model, modality, checkpoint, digest), "array": output.name}
+    with lock_output(output):
+        store = EmbedStore.open(output, header)
+        result = EmbedJobResult(output, sidecar_path(output), len(store))
+        files, missing = collect_inputs(inputs, mod.extensions)
+        todo = _plan(store, files, missing, result)
+        store.claim()
+        _embed_into(
+            store,
+            model,
+            modality,
+            todo,
+            result,
+            batch_size=batch_size,
+            num_workers=num_workers,
+            save_every=save_every,
+            progress=progress,
+        )
     return result
 
 

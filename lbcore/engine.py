@@ -21,8 +21,9 @@ from typing import TYPE_CHECKING, Any
 import torch
 import torch.nn.functional as F
 
-from lbcore.data import Batch, derive_seed
+from lbcore.data import Batch
 from lbcore.loss import contrastive_loss, gather_with_grad
+from lbcore.samples import derive_seed
 
 if TYPE_CHECKING:
     from lbcore.model import BindModel

@@ -80,3 +80,21 @@ def check_media_file(path: str | Path, expected: str) -> int:
 
 class EvaluationError(LbindError):
     """An evaluation was asked for something its data or its checkpoint cannot give."""
+
+
+class HubError(LbindError):
+    """A Hugging Face Hub id could not be resolved to a local folder (no such repository or revision, refused
+    access, a failed download, or a cached snapshot without the files lbind needs)."""
+
+
+class HubNotCachedError(HubError):
+    """A hub id is not in the local Hugging Face cache and cannot be downloaded (offline, or the Hub unreachable).
+
+    ``repo_id``, ``revision`` (None: the default branch) and ``cache`` (the cache folder searched) name what was
+    looked for, so that a caller can say how to fetch it."""
+
+    def __init__(self, message: str, repo_id: str, revision: str | None, cache: Path) -> None:
+        super().__init__(message)
+        self.repo_id = repo_id
+        self.revision = revision
+        self.cache = cache

@@ -1,7 +1,7 @@
 """Zero-shot evaluation of one checkpoint on one dataset: the runner behind ``lbind eval``.
 
 The data comes from a reader's layout (``dataset_readers()`` of the modality's plugin), an evaluation manifest
-(:mod:`lbcore.evalmanifest`: plain rows for one modality, or paired rows for *fused* zero-shot and *emergent*
+(:func:`lbcore.datasets.read_eval_manifest`: plain rows for one modality, or paired rows for *fused* zero-shot and *emergent*
 retrieval between two modalities), or the modality's demo test split.
 
 The scores are those of :mod:`lbcore.metrics`; caption and prompt embeddings come from the checkpoint's anchor
@@ -25,12 +25,11 @@ import torch
 import torch.nn.functional as F
 
 from lbcore import cards, metrics
-from lbcore.checkpoint import read_meta
-from lbcore.datasets import EvalDataset
+from lbcore.checkpoint import read_meta, resolve_checkpoint_dir
+from lbcore.datasets import EvalDataset, TaskChoice, read_eval_manifest
 from lbcore.demo import demo_data
 from lbcore.embedding import UnreadableInputsError, embed_files
 from lbcore.errors import EvaluationError
-from lbcore.evalmanifest import TaskChoice, read_eval_manifest
 from lbcore.grouping import fused_features
 from lbcore.model import BindModel, load, modality_of
 from lbcore.pairdata import paired_demo_manifest
@@ -80,7 +79,7 @@ _MOVED = {
         "lbcore.cards",
     ),
     "write_plot": "lbcore.plot",
-    "RESERVED_KEYS": "lbcore.evalmanifest",
+    "RESERVED_KEYS": "lbcore.manifest",
 }
 
 
@@ -438,7 +437,7 @@ def evaluate_checkpoint(
     (default: a member's paired demo test split), each member alone and the logit fusion beside it.
     """
     started = time.perf_counter()
-    checkpoint = Path(checkpoint)
+    checkpoint = resolve_checkpoint_dir(checkpoint)  # a run folder or hf://org/name[@rev]
     meta = read_meta(checkpoint)
     if dataset is not None and manifest is not None:
         raise EvaluationError("give either --dataset/--data-root or --data, not both")

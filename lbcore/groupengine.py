@@ -21,9 +21,10 @@ from typing import Any
 
 import torch
 
-from lbcore.data import Batch, derive_seed
+from lbcore.data import Batch
 from lbcore.engine import ContrastiveEngine, StepResult, gather_rows
 from lbcore.grouping import group_loss
+from lbcore.samples import derive_seed
 
 log = logging.getLogger(__name__)
 

@@ -22,8 +22,8 @@ from PIL import Image, UnidentifiedImageError
 from torchvision.transforms import InterpolationMode
 
 from lbcore.config import ImageConfig
-from lbcore.data import write_manifest
 from lbcore.errors import ConfigError, InputError, check_media_file
+from lbcore.manifest import write_manifest
 from lbcore.modality import Modality
 from lbcore.nn import PatchStem2d
 

@@ -1,7 +1,8 @@
 """The Modality contract: what a plugin supplies for one modality.
 
 A plugin subclasses :class:`Modality`, sets ``name``, ``Config`` (a :class:`~lbcore.config.ModalityConfig`
-subclass), ``presets`` (at least ``languagebind`` and ``demo``) and ``templates``, implements
+subclass), ``presets`` (at least ``languagebind`` and ``demo``) and ``templates`` (optionally further named
+``template_sets``), implements
 :meth:`preprocess` and :meth:`build_stem` (or overrides :meth:`build_encoder`), and registers the class
 through the ``register_modalities`` hook. Optional declarations: ``extensions`` (the file suffixes
 :meth:`preprocess` reads) and ``releases`` (published checkpoints :mod:`lbcore.convert` can convert into this
@@ -23,6 +24,7 @@ from lbcore.errors import ConfigError, PluginError
 from lbcore.release import ReleaseLayout
 
 REQUIRED_PRESETS = ("languagebind", "demo")
+DEFAULT_TEMPLATE_SET = "default"  # the name of Modality.templates among the template sets
 
 
 class Modality(ABC):
@@ -45,10 +47,18 @@ class Modality(ABC):
     presets: ClassVar[Mapping[str, Mapping[str, Any]]] = {}
     default_preset: ClassVar[str] = "languagebind"
     templates: ClassVar[Sequence[str]] = ("{}",)
+    # Further named prompt template sets (e.g. {"speech": (...)}), chosen with `lbind eval --templates NAME`;
+    # `templates` is the set named "default".
+    template_sets: ClassVar[Mapping[str, Sequence[str]]] = {}
     description: ClassVar[str] = ""
     demo_version: ClassVar[str] = "1"  # bump when the demo generator's output changes (cache key)
+    # The file suffixes this modality reads, lower-case with the dot (".wav", ".flac"); () means any file.
+    # `lbind embed DIR` takes only files with one of them when a folder is walked.
     extensions: ClassVar[tuple[str, ...]] = ()
     releases: ClassVar[Sequence[ReleaseLayout]] = ()
+    # The upload widget `lbind app` shows for this modality's files: "audio", "video" or "image" (the browser
+    # previews the file; it reaches preprocess() unchanged), or "file" (a plain file upload, for anything else).
+    widget: ClassVar[str] = "file"
 
     def __init__(self, config: ModalityConfig | Mapping[str, Any] | None = None) -> None:
         if config is None:
@@ -73,6 +83,11 @@ class Modality(ABC):
         if not cls.templates or any("{}" not in t for t in cls.templates):
             problems.append("`templates` must be non-empty and each must contain '{}'")
         problems.extend(cls._declaration_problems())
+        for set_name, chosen in cls.template_sets.items():
+            if set_name == DEFAULT_TEMPLATE_SET or isinstance(chosen, str):
+                problems.append(f"`template_sets[{set_name!r}]`: a sequence of templates named other than 'default'")
+            elif not chosen or any("{}" not in t for t in chosen):
+                problems.append(f"`template_sets[{set_name!r}]` must be non-empty and each must contain '{{}}'")
         if problems:
             raise PluginError(f"modality class {cls.__module__}.{cls.__qualname__}: " + "; ".join(problems))
 
@@ -156,6 +171,17 @@ class Modality(ABC):
         return ViTEncoder(self.build_stem(), self.config.encoder, embed_dim, mask_ratio=self.config.mask_ratio)
 
     # -- prompts ---------------------------------------------------------------------------------------
+    @classmethod
+    def template_set(cls, name: str | None = None) -> tuple[str, ...]:
+        """The prompt templates named ``name``: ``"default"`` (or None) is :attr:`templates`, any other name one
+        of :attr:`template_sets`; an unknown name raises :class:`ConfigError` listing the names there are."""
+        if name is None or name == DEFAULT_TEMPLATE_SET:
+            return tuple(cls.templates)
+        if name not in cls.template_sets:
+            names = ", ".join([DEFAULT_TEMPLATE_SET, *cls.template_sets])
+            raise ConfigError(f"modality {cls.name!r} has no template set {name!r}; its template sets: {names}")
+        return tuple(cls.template_sets[name])
+
     def prompts(self, label: str) -> list[str]:
         """Every template filled with ``label`` (zero-shot class prompts)."""
         return [t.format(label) for t in self.templates]
@@ -166,4 +192,5 @@ class Modality(ABC):
             "description": self.description,
             "presets": sorted(self.presets),
             "templates": len(self.templates),
+            "template_sets": [DEFAULT_TEMPLATE_SET, *self.template_sets],
         }

@@ -31,6 +31,7 @@ from lbcore.checkpoint import (
     META_FILE,
     atomic_dir,
     read_meta,
+    resolve_checkpoint_dir,
     state_sha256,
     write_json,
 )
@@ -39,6 +40,7 @@ from lbcore.convert.clip import load_clip_vision_into
 from lbcore.convert.languagebind import load_languagebind_into
 from lbcore.errors import AnchorError, CheckpointError, InputError, ModalityNotFoundError
 from lbcore.grouping import GroupSet, read_groups, write_groups
+from lbcore.hub import checkpoint_folder, parse_hub_id
 from lbcore.lora import (
     LORA_A,
     LORA_B,
@@ -51,6 +53,7 @@ from lbcore.lora import (
 )
 from lbcore.loss import LogitScale
 from lbcore.modality import Modality
+from lbcore.modelcard import write_model_card
 
 log = logging.getLogger(__name__)
 
@@ -387,6 +390,7 @@ class BindModel(nn.Module):
             meta["groups"] = write_groups(directory, self.groups)
         meta["format_version"] = ADAPTER_FORMAT_VERSION if adapters else FULL_FORMAT_VERSION
         write_json(directory / META_FILE, meta)
+        write_model_card(directory, meta)
 
     def save_pretrained(
         self,
@@ -395,7 +399,8 @@ class BindModel(nn.Module):
         *,
         extra: Mapping[str, Any] | None = None,
     ) -> Path:
-        """Write the checkpoint folder atomically (safetensors weights + ``lbind.json``); return its path.
+        """Write the checkpoint folder atomically (safetensors weights, ``lbind.json``, the model card
+        ``README.md``: :mod:`lbcore.modelcard`); return its path.
 
         ``adapter_only``: save every LoRA-trained modality as its LoRA factors plus trained extras, with a
         reference to its base weights (``base_sources``) and their sha256, instead of full merged weights; the
@@ -416,7 +421,8 @@ class BindModel(nn.Module):
         *,
         base: Mapping[str, str] | None = None,
     ) -> BindModel:
-        """Load a checkpoint folder: each modality through its installed plugin, weights from safetensors.
+        """Load a checkpoint folder (or ``hf://org/name[@revision]``, see :mod:`lbcore.hub`): each modality through
+        its installed plugin, weights from safetensors.
 
         Adapter-only modalities are rebuilt from their recorded base (checked against its sha256) with the
         adapter merged in. ``base`` replaces recorded base sources by modality (e.g. ``{"depth": "clip:/new/path"}``
@@ -424,7 +430,7 @@ class BindModel(nn.Module):
         """
         from lbcore.plugins import default_registry
 
-        directory = Path(directory)
+        directory = resolve_checkpoint_dir(directory)  # a run folder or hf://org/name[@rev]
         meta = read_meta(directory)
         anchor = meta["anchor"]
         anchor_cfg = validate_model(AnchorConfig, anchor.get("config", {}), prefix=("anchor",), source=str(directory))
@@ -488,8 +494,9 @@ def _unwrap(module: nn.Module) -> nn.Module:
 def load(
     directory: str | Path, map_location: str | torch.device = "cpu", *, base: Mapping[str, str] | None = None
 ) -> BindModel:
-    """Load a checkpoint folder written by ``lbind train`` or :meth:`BindModel.save_pretrained` (``base``: see
-    :meth:`BindModel.from_pretrained`)."""
+    """Load a checkpoint folder written by ``lbind train`` or :meth:`BindModel.save_pretrained`, or a run folder
+    (its ``final/`` checkpoint, else its newest step checkpoint; see :func:`lbcore.checkpoint.resolve_checkpoint_dir`).
+    ``base``: see :meth:`BindModel.from_pretrained`."""
     return BindModel.from_pretrained(directory, map_location=map_location, base=base)
 
 
@@ -499,14 +506,15 @@ BASE_KINDS = ("clip", "languagebind", "lbind")
 
 def base_reference(init: str | None) -> str | None:
     """The base reference an adapter-only checkpoint records for an encoder initialised from ``init`` (the
-    trainer's ``init`` spec): ``clip:``, ``languagebind:`` or ``lbind:`` with the path made absolute; None for
-    ``scratch`` and for sources :func:`load_base` cannot load back."""
+    trainer's ``init`` spec): ``clip:``, ``languagebind:`` or ``lbind:`` with the path made absolute, or a
+    hub id as ``hf://org/name``; None for ``scratch`` and for sources :func:`load_base` cannot load back."""
     if not init or init == "scratch":
         return None
     kind, sep, rest = init.partition(":")
     if not sep or not rest or kind not in BASE_KINDS:
         return None
-    return f"{kind}:{Path(rest).expanduser().resolve()}"
+    hub = parse_hub_id(rest, bare=kind != "lbind" and not Path(rest).expanduser().exists())
+    return f"{kind}:{hub or Path(rest).expanduser().resolve()}"
 
 
 def load_base(encoder: nn.Module, source: str, modality: Modality, *, seen: frozenset[Path] = frozenset()) -> None:
@@ -516,20 +524,20 @@ def load_base(encoder: nn.Module, source: str, modality: Modality, *, seen: froz
     embedding resized to the encoder's grid, video's temporal parts copied from the spatial ones);
     ``languagebind:PATH``: a released LanguageBind checkpoint of this modality, its LoRA merged
     (:func:`lbcore.convert.load_languagebind_into`); ``lbind:DIR``: this modality's weights in another lbind
-    checkpoint (full, or itself an adapter on a base). Raises :class:`CheckpointError` naming the source.
+    checkpoint (full, or itself an adapter on a base). PATH may be a hub id (:mod:`lbcore.hub`). Raises
+    :class:`CheckpointError` naming the source.
     """
     kind, sep, rest = source.partition(":")
     if not sep or not rest or kind not in BASE_KINDS:
         raise CheckpointError(f"base source {source!r}: expected one of {', '.join(k + ':PATH' for k in BASE_KINDS)}")
-    path = Path(rest).expanduser()
     if kind == "clip":
-        for line in load_clip_vision_into(encoder, path):
+        for line in load_clip_vision_into(encoder, rest):  # a str: the loader resolves hub ids
             log.debug("%s base %s: %s", modality.name, source, line)
         return
     if kind == "languagebind":
-        load_languagebind_into(encoder, modality, path)
+        load_languagebind_into(encoder, modality, rest)
         return
-    directory = path.resolve()
+    directory = checkpoint_folder(rest).resolve()
     if directory in seen:
         raise CheckpointError(f"{directory}: base checkpoints refer to each other in a cycle")
     meta = read_meta(directory)

@@ -22,97 +22,88 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lbcore.data import Batch, CaptionIndex, ManifestError, Sample, SampleCollator, derive_seed, seeded_rng
+from lbcore.data import Batch, CaptionIndex, Sample, SampleCollator
 from lbcore.demo import demo_data
 from lbcore.errors import ConfigError
+from lbcore.manifest import Manifest, ManifestError
 from lbcore.modality import Modality
+from lbcore.samples import PreprocessDataset, derive_seed
 
 __all__ = [
     "MemberView",
     "PairedCollator",
     "PairedDataset",
-    "PairedEntry",
+    "PairedRows",
     "draw_micro",
     "open_group",
     "paired_demo_manifest",
     "read_paired_manifest",
 ]
 
-NON_MEDIA_KEYS = frozenset({"label", "labels", "caption", "captions", "id", "split"})
-
 
 @dataclass(frozen=True)
-class PairedEntry:
-    """One item: an absolute path per modality it has, its captions and optional label."""
+class PairedRows:
+    """The rows of a paired manifest that name at least one member: per member, the row ids that have it and
+    their files (absolute), and every row's captions."""
 
-    paths: dict[str, Path]
-    captions: tuple[str, ...]
-    label: str | None = None
+    source: Path
+    files: dict[str, dict[int, Path]]  # member -> {row id: file}
+    captions: list[tuple[str, ...]]
+
+    def __len__(self) -> int:
+        return len(self.captions)
 
 
-def _entry(row: Any, members: Sequence[str], base: Path, where: str) -> PairedEntry:
-    if not isinstance(row, dict):
-        raise ManifestError(f"{where}: expected a JSON object")
-    if "path" in row:
+def read_paired_manifest(manifest: str | Path, members: Sequence[str], check_files: bool = True) -> PairedRows:
+    """The rows of a paired manifest (:class:`lbcore.manifest.Manifest`) naming one or more ``members``, every
+    one with captions; with ``check_files`` every missing file is listed in one :class:`ManifestError`."""
+    parsed = Manifest.read(manifest)
+    if not parsed.paired:
         raise ManifestError(
-            f"{where}: a group needs paired rows (one key per modality, e.g. {members[0]!r}), not 'path'"
+            f"{parsed.source}: a group needs paired rows (one key per modality, e.g. {members[0]!r}), not 'path'"
         )
-    captions = row.get("captions", row.get("caption"))
-    captions = [captions] if isinstance(captions, str) else captions
-    if not captions or not all(isinstance(c, str) and c.strip() for c in captions):
-        raise ManifestError(f"{where}: expected 'captions' as a non-empty list of strings")
-    paths = {m: row[m] for m in members if row.get(m) is not None}
-    bad = [m for m, p in paths.items() if not isinstance(p, str) or not p.strip()]
-    if bad:
-        raise ManifestError(f"{where}: {', '.join(bad)}: expected a path string")
-    label = row.get("label")
-    return PairedEntry({m: (base / p).resolve() for m, p in paths.items()}, tuple(captions), label)
-
-
-def read_paired_manifest(manifest: str | Path, members: Sequence[str], check_files: bool = True) -> list[PairedEntry]:
-    """Rows of a paired JSONL manifest, keeping the ``members`` columns; a row with none of them is an error.
-    With ``check_files`` every missing file is listed in one :class:`ManifestError`."""
-    manifest = Path(manifest)
-    if not manifest.is_file():
-        raise ManifestError(f"{manifest}: manifest not found")
-    entries = []
-    for lineno, line in enumerate(manifest.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise ManifestError(f"{manifest}:{lineno}: not valid JSON: {err.msg}") from err
-        entry = _entry(row, members, manifest.parent, f"{manifest}:{lineno}")
-        if not entry.paths:
-            raise ManifestError(f"{manifest}:{lineno}: names none of {', '.join(members)}")
-        entries.append(entry)
-    if not entries:
-        raise ManifestError(f"{manifest}: manifest lists no items")
-    if check_files:
-        missing = [str(p) for e in entries for p in e.paths.values() if not p.is_file()]
-        if missing:
-            shown = "\n  ".join(missing[:50]) + (f"\n  ... and {len(missing) - 50} more" if len(missing) > 50 else "")
-            raise ManifestError(f"{manifest}: {len(missing)} media file(s) missing:\n  {shown}")
-    return entries
+    keep = sorted({i for m in members for i in parsed.rows_with(m)})
+    if not keep:
+        raise ManifestError(f"{parsed.source}: no row names any of {', '.join(members)}")
+    rows = parsed.select(keep)
+    rows.require_captions("training")
+    files = {}
+    for m in members:
+        have = rows.rows_with(m)
+        if have:
+            part = rows.select(have)
+            if check_files:
+                part.check_files([m])
+            files[m] = dict(zip(have, part.paths(m), strict=True))
+        else:
+            files[m] = {}
+    return PairedRows(parsed.source, files, [rows.captions(i) for i in range(len(rows))])
 
 
 class PairedDataset:
-    """Map-style dataset over paired entries, keyed by ``(epoch, index)`` like :class:`lbcore.data.TrainDataset`.
+    """Map-style dataset over paired rows, keyed by ``(epoch, index)`` like :class:`lbcore.data.TrainDataset`.
 
     An item gives ``{modality: Sample}`` for the modalities its row has; one caption per row and epoch, shared
-    by them. Each member's file is preprocessed with its own seed of (seed, epoch, index, member); a failure
-    becomes that member's failed :class:`Sample` (the other members of the row still train).
+    by them. Each member's files are preprocessed through its own :class:`lbcore.samples.PreprocessDataset`
+    (augmentation seeded by (member seed, epoch, row)); a failure becomes that member's failed :class:`Sample`
+    (the other members of the row still train).
     """
 
-    def __init__(self, entries: Sequence[PairedEntry], modalities: Mapping[str, Modality], seed: int = 0) -> None:
-        self.entries = list(entries)
+    def __init__(self, rows: PairedRows, modalities: Mapping[str, Modality], seed: int = 0) -> None:
+        self.rows = rows
         self.modalities = dict(modalities)
-        self.captions = CaptionIndex.from_entries(self.entries)  # type: ignore[arg-type]  # needs .captions only
+        self.captions = CaptionIndex.from_captions(rows.captions)
         self.seed = seed
+        self.files = {}
+        for m_index, name in enumerate(self.modalities):
+            ids = sorted(rows.files.get(name, {}))
+            paths = [rows.files[name][i] for i in ids]
+            local = {row: k for k, row in enumerate(ids)}
+            data = PreprocessDataset(self.modalities[name], paths, train=True, seed=derive_seed(seed, m_index))
+            self.files[name] = (local, paths, data)
 
     def __len__(self) -> int:
-        return len(self.entries)
+        return len(self.rows)
 
     def caption_choice(self, epoch: int, index: int) -> int:
         choices = self.captions.ids[index]
@@ -120,20 +111,12 @@ class PairedDataset:
 
     def __getitem__(self, key: tuple[int, int] | int) -> dict[str, Sample]:
         epoch, index = key if isinstance(key, tuple) else (0, key)
-        entry = self.entries[index]
         caption_id = self.caption_choice(epoch, index)
         out = {}
-        for m_index, (name, modality) in enumerate(self.modalities.items()):
-            path = entry.paths.get(name)
-            if path is None:
-                continue
-            try:
-                with seeded_rng(derive_seed(self.seed, epoch, index, 0xA06, m_index)):
-                    tensor = modality.preprocess(path, train=True)
-            except Exception as err:  # reported and counted against the error budget, never hidden
-                out[name] = Sample(index, caption_id, None, str(path), f"{type(err).__name__}: {err}")
-                continue
-            out[name] = Sample(index, caption_id, tensor, str(path))
+        for name, (local, paths, data) in self.files.items():
+            if index in local:
+                loaded = data[(epoch, local[index])]
+                out[name] = Sample(index, caption_id, loaded.tensor, str(paths[local[index]]), loaded.error)
         return out
 
 
@@ -198,6 +181,6 @@ def open_group(
         raise ConfigError(f"train.groups: {'+'.join(members)} read different manifests ({listing}); a group trains "
                           "on one paired manifest naming every member")  # fmt: skip
     manifest = paths[members[0]]
-    entries = read_paired_manifest(manifest, members, check_files=True)
-    paired = PairedDataset(entries, {m: modalities[m] for m in members}, seed=seed)
+    rows = read_paired_manifest(manifest, members, check_files=True)
+    paired = PairedDataset(rows, {m: modalities[m] for m in members}, seed=seed)
     return {m: MemberView(paired, m) for m in members}

@@ -25,10 +25,10 @@ from lbcore.config import (
     read_yaml,
     validate_model,
 )
-from lbcore.data import default_workers
 from lbcore.errors import ConfigError
 from lbcore.grouping import check_groups
 from lbcore.plugins import default_registry
+from lbcore.samples import default_workers
 
 __all__ = [
     "INIT_KINDS",
@@ -84,7 +84,8 @@ class TrainConfig(StrictModel):
             "Encoder initialisation: 'scratch', 'clip:PATH' (a transformers CLIP vision checkpoint folder; "
             "position embeddings are resized to each modality's grid), or 'languagebind:PATH' (a released "
             "LanguageBind checkpoint folder of the same modality, converted on the fly: LoRA merged, logit scale "
-            "kept). A mapping sets it per modality."
+            "kept). PATH may be a hub id (org/name, hf://org/name@revision), fetched into the Hugging Face cache. "
+            "A mapping sets it per modality."
         ),
     )
     num_workers: int = Field(
@@ -240,6 +241,25 @@ def _mapping(value: Any, where: str) -> dict[str, Any]:
     return dict(value)
 
 
+def _data_flags(data: Sequence[str], names: Sequence[str]) -> dict[str, str]:
+    """``--data`` values as manifests by modality: ``MODALITY=PATH`` for one, a bare ``PATH`` for every modality
+    not named so (several modalities then share one paired manifest, each taking the rows with its key)."""
+    named: dict[str, str] = {}
+    shared: list[str] = []
+    for item in data:
+        name, sep, path = item.partition("=")
+        if sep and name in names:
+            named[name] = path
+        else:
+            shared.append(item)
+    if len(shared) > 1:
+        raise ConfigError(
+            f"--data {' '.join(shared)}: several manifests without a modality; give one paired manifest for all, "
+            f"or write MODALITY=PATH ({', '.join(names)})"
+        )
+    return {**{name: shared[0] for name in names if shared}, **named}
+
+
 def apply_overrides(
     raw: Mapping[str, Any],
     *,
@@ -255,7 +275,8 @@ def apply_overrides(
     """A copy of the run config mapping ``raw`` with command-line choices merged in (``raw`` is not changed).
 
     ``modalities`` join the run (``preset``, when given, becomes their preset). ``data``: training manifests,
-    ``PATH`` in a one-modality run or ``MODALITY=PATH``. ``batch_size`` and ``lr`` set every modality's
+    ``MODALITY=PATH``, or one ``PATH`` for every modality not named so (with several modalities, a paired
+    manifest: each trains on the rows that have its key). ``batch_size`` and ``lr`` set every modality's
     ``optim.batch_size`` / ``optim.lr``; ``output`` sets ``train.output_dir``; ``train_flags`` set other ``train``
     settings by :class:`TrainConfig` field name. ``None`` (and ``False`` for a flag) means "not given": the
     config's value stays. ``source`` names the config file in errors.
@@ -276,14 +297,7 @@ def apply_overrides(
             specs[name]["preset"] = preset
     names = list(specs)
     manifests = _mapping(section.get("data"), f"{where}train.data")
-    for item in data:
-        name, sep, path = item.partition("=")
-        if sep and name in names:
-            manifests[name] = path
-        elif len(names) == 1:
-            manifests[names[0]] = item
-        else:
-            raise ConfigError(f"--data {item!r}: with several modalities write MODALITY=PATH ({', '.join(names)})")
+    manifests.update(_data_flags(data, names))
     if manifests:
         section["data"] = manifests
     optim = {k: v for k, v in (("batch_size", batch_size), ("lr", lr)) if v is not None}

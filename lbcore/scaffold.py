@@ -1,8 +1,10 @@
 """Scaffolding: render a new modality plugin distribution from the cookiecutter template.
 
-``templates/modality-plugin`` renders ``<output_dir>/<name>/``: a pyproject.toml with the ``lbind`` entry
-point, the package ``lbind_<name>`` (a working 1-D signal Modality with ``TODO(plugin)`` marks where a real
-modality differs, its loader and a demo-data generator) and tests that inherit the contract battery.
+The template ships inside the package (``lbcore/plugin_template/modality-plugin``, package data of the lbind
+wheel), so ``lbind new-modality`` works from any installation. It renders ``<output_dir>/<name>/``: a
+pyproject.toml with the ``lbind`` entry point, the package ``lbind_<name>`` (a working 1-D signal Modality with
+``TODO(plugin)`` marks where a real modality differs, its loader and a demo-data generator) and tests that
+inherit the contract battery.
 :func:`render_modality_plugin` is the library call; :data:`new_modality` is the ``lbind new-modality`` command.
 """
 
@@ -12,6 +14,7 @@ import keyword
 import logging
 import re
 import tempfile
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -51,12 +54,15 @@ def validate_modality_name(name: str) -> str:
 
 
 def template_dir() -> Path:
-    """The modality-plugin template folder of this lbind source tree."""
-    path = Path(__file__).resolve().parents[1] / "templates" / "modality-plugin"
+    """The modality-plugin template folder shipped in the lbcore package (package data of the lbind wheel)."""
+    resource = resources.files("lbcore") / "plugin_template" / "modality-plugin"
+    # Installed wheels and editable installs unpack package data to real files; a zipped install would not,
+    # and cookiecutter needs a folder on disk.
+    path = Path(str(resource))
     if not (path / "cookiecutter.json").is_file():
         raise ScaffoldError(
-            f"the modality-plugin template is not at {path}: it ships with lbind's source tree "
-            "(templates/modality-plugin), so install lbind from a source checkout (pip install -e .)"
+            f"the modality-plugin template is not at {path} (no cookiecutter.json): the lbind installation lacks its "
+            "package data lbcore/plugin_template; reinstall lbind"
         )
     return path
 

@@ -22,8 +22,8 @@ import torch.distributed as dist
 
 from lbcore.anchor import Anchor, AnchorLike, TextEmbeddingCache, encode_checked
 from lbcore.config import AnchorConfig
-from lbcore.data import read_manifest
 from lbcore.errors import TextStoreError
+from lbcore.manifest import read_manifest
 from lbcore.textstore import TextStore, text_keys
 
 logger = logging.getLogger(__name__)

@@ -10,8 +10,7 @@ for captions and augmentation, which is what makes ``resume`` continue exactly.
 Several processes: ``accelerate launch --multi_gpu --num_processes N -m lbcore.cli train ...`` or
 ``torchrun --nproc_per_node N -m lbcore.cli train ...``; without a GPU the processes talk over gloo. (accelerate
 1.x's ``launch --cpu`` starts a single process unless it is given an MPI host file.) ``--batch-size`` is the
-global batch: each process takes batch / (processes x grad_accum) samples per micro-batch, and N processes see
-exactly the batches one process would.
+global batch, shared out as :mod:`lbcore.traindata` says: N processes see exactly the batches one process would.
 """
 
 from __future__ import annotations
@@ -29,7 +28,7 @@ import torch
 from torch import nn
 
 from lbcore.checkpoint import FINAL_NAME, find_latest, step_dir_name, write_json
-from lbcore.data import Batch, ErrorBudget, derive_seed
+from lbcore.data import Batch, ErrorBudget
 from lbcore.engine import StepResult
 from lbcore.errors import ConfigError
 from lbcore.groupengine import engine_for
@@ -41,6 +40,7 @@ from lbcore.optim import build_optimizer, build_scheduler
 from lbcore.pairdata import draw_micro
 from lbcore.runconfig import TrainPlan, resolve_config
 from lbcore.runstate import adapter_modalities, open_metrics, restore_checkpoint, save_checkpoint
+from lbcore.samples import derive_seed
 from lbcore.traindata import build_loaders, caption_tables, open_datasets, steps_per_epoch
 
 log = logging.getLogger(__name__)
@@ -50,9 +50,11 @@ __all__ = ["ProgressCallback", "TrainEvent", "Trainer", "train"]
 
 @dataclass
 class TrainEvent:
-    """What the trainer reports to a progress callback (main process only)."""
+    """What the trainer reports to a progress callback (main process only). ``captions`` events come before
+    ``start``, while the caption pre-pass encodes captions missing from the cache: ``step`` of ``total_steps``
+    counts those captions."""
 
-    kind: Literal["start", "step", "skip", "checkpoint", "end"]
+    kind: Literal["captions", "start", "step", "skip", "checkpoint", "end"]
     step: int
     total_steps: int
     metrics: dict[str, Any] = field(default_factory=dict)
@@ -131,21 +133,25 @@ class Trainer:
         """Datasets, then every caption through the anchor's cache once (the anchor is released afterwards)."""
         acc = self.accelerator
         self.modalities, self.manifests, self.datasets = open_datasets(self.plan, acc)
-        captions = caption_tables(self.datasets, self.plan.anchor, acc, anchor=self._anchor)
+        report = None
+        if self.progress is not None:
+            report = lambda done, total: self.progress(TrainEvent("captions", done, total))  # noqa: E731
+        captions = caption_tables(self.datasets, self.plan.anchor, acc, anchor=self._anchor, progress=report)
         self.text_tables = captions.tables
         self.anchor_fingerprint = captions.anchor_fingerprint
         self.embed_dim = captions.embed_dim
 
     def _init_encoder(self, name: str, modality: Modality, encoder: nn.Module) -> float | None:
-        """Load the configured initial weights into ``encoder``; return the logit scale (log) they come with."""
+        """Load the configured initial weights into ``encoder``; return the logit scale (log) they come with. The
+        path is passed as a str: the loaders take a hub id there too (lbcore.hub)."""
         from lbcore.convert import load_clip_vision_into, load_languagebind_into
 
         kind, _, init_path = self._init_spec(name).partition(":")
         if kind == "clip":
-            for line in load_clip_vision_into(encoder, Path(init_path).expanduser()):
+            for line in load_clip_vision_into(encoder, init_path):
                 log.info("%s init: %s", name, line)
         elif kind == "languagebind":
-            loaded = load_languagebind_into(encoder, modality, Path(init_path).expanduser())
+            loaded = load_languagebind_into(encoder, modality, init_path)
             for line in loaded.report:
                 log.info("%s init: %s", name, line)
             return loaded.logit_scale  # continue from the release's temperature too

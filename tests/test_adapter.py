@@ -22,9 +22,9 @@ import lbcore
 from lbcore import hookimpl
 from lbcore.checkpoint import state_sha256
 from lbcore.config import AnchorConfig, ModalityConfig
-from lbcore.data import write_manifest
 from lbcore.errors import CheckpointError
 from lbcore.lora import LORA_A, LORA_B, adapter_state, apply_lora, base_encoder_state
+from lbcore.manifest import write_manifest
 from lbcore.modality import Modality
 from lbcore.model import BindModel, base_reference
 from lbcore.nn import PatchStem2d

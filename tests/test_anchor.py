@@ -10,6 +10,7 @@ import hashlib
 import json
 import logging
 import multiprocessing as mp
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -422,7 +423,9 @@ def test_concurrent_writers_leave_every_shard_whole(tmp_path, caplog):
         for p in procs:
             p.start()
         # Open the store again and again while they write: a reader must only ever see whole, right shards.
+        deadline = time.monotonic() + 300
         while any(p.is_alive() for p in procs):
+            assert time.monotonic() < deadline, "the writers did not finish: deadlocked?"
             if not (tmp_path / fp / "meta.json").is_file():
                 continue
             reader = TextStore(tmp_path, fp)
@@ -464,3 +467,17 @@ def test_minilm_matches_sentence_transformers(minilm):
     sentences = ["a dog barking", "A man is eating pasta.", "The new movie is awesome!", "rain"]
     ref = model.encode(sentences, convert_to_tensor=True, normalize_embeddings=True)
     torch.testing.assert_close(minilm.encode(sentences), ref.float().cpu(), atol=1e-5, rtol=0)
+
+
+def test_cache_reports_progress_over_the_distinct_misses_batch_by_batch(tmp_path) -> None:
+    anchor = HashAnchor()
+    cache = TextEmbeddingCache(tmp_path)
+    cache.put(anchor.fingerprint, "cached", expected_row("cached"))
+    texts = ["cached", *(f"t{i}" for i in range(7)), "t0"]  # 7 distinct misses, one repeated
+    seen: list[tuple[int, int]] = []
+    out = cache.embed(anchor, texts, batch_size=3, progress=lambda done, total: seen.append((done, total)))
+    assert seen == [(0, 7), (3, 7), (6, 7), (7, 7)]
+    torch.testing.assert_close(out, torch.stack([expected_row(t) for t in texts]), atol=0, rtol=0)
+    seen.clear()
+    cache.embed(anchor, texts, batch_size=3, progress=lambda done, total: seen.append((done, total)))
+    assert seen == []  # everything cached: nothing to report

@@ -163,7 +163,7 @@ def test_depth_release_matches_transformers_clip(tmp_path: Path, fmt: str) -> No
 
     result = convert_languagebind(src, out)
     assert (result.modality, result.anchor_shared, result.lora) == ("depth", False, None)
-    assert sorted(p.name for p in out.iterdir()) == ["anchor", "depth.safetensors", META_FILE]
+    assert sorted(p.name for p in out.iterdir()) == ["README.md", "anchor", "depth.safetensors", META_FILE]
     meta = json.loads((out / META_FILE).read_text())
     assert meta["anchor"]["config"]["name"] == "./anchor"
     assert meta["converted"]["depth"]["model_type"] == "LanguageBindDepth"
@@ -462,7 +462,10 @@ def test_two_modalities_share_one_anchor_and_another_text_tower_is_refused(tmp_p
     result = CliRunner().invoke(convert, ["languagebind", str(depth_src), str(thermal_src), "--output", str(out)])
     assert result.exit_code == 0, result.output
     assert "shared" in result.output and "written" in result.output
-    assert sorted(p.name for p in out.iterdir()) == ["anchor", "depth.safetensors", "infrared.safetensors", META_FILE]
+    names = ["README.md", "anchor", "depth.safetensors", "infrared.safetensors", META_FILE]
+    assert sorted(p.name for p in out.iterdir()) == names
+    readme = (out / "README.md").read_text()  # the card is rewritten when a modality joins
+    assert "| depth |" in readme and "| infrared |" in readme and "- infrared" in readme
     model = lbcore.load(out)
     assert sorted(model.modalities) == ["depth", "infrared"]
     x = torch.randn(2, 3, 32, 32)
@@ -522,7 +525,7 @@ def test_load_languagebind_into_checks_modality_resizes_grid_and_explains_dimens
 
 
 def test_train_init_languagebind_continues_from_the_release(tmp_path: Path) -> None:
-    from lbcore.data import write_manifest
+    from lbcore.manifest import write_manifest
     from lbcore.runconfig import TrainConfig
 
     clip = tiny_clip(10)

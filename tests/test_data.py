@@ -19,17 +19,14 @@ from lbcore.data import (
     EpochBatchSampler,
     ErrorBudget,
     ErrorBudgetExceeded,
-    ManifestError,
     Sample,
     SampleCollator,
     TrainDataset,
-    derive_seed,
-    read_manifest,
-    seeded_rng,
-    write_manifest,
 )
 from lbcore.errors import InputError
+from lbcore.manifest import ManifestError, read_manifest, write_manifest
 from lbcore.modality import Modality
+from lbcore.samples import derive_seed, seeded_rng
 
 
 class Noisy(Modality):
@@ -131,7 +128,7 @@ def test_augmentation_is_a_function_of_seed_epoch_and_index(tmp_path: Path) -> N
     np.random.seed(5)
     assert torch.equal(ds[(0, 2)].tensor, a)  # whatever the global state before
     assert not torch.equal(ds[(1, 2)].tensor, a)  # another epoch, another draw
-    assert not torch.equal(TrainDataset(ds.entries, Noisy(), seed=2)[(0, 2)].tensor, a)
+    assert not torch.equal(TrainDataset(read_manifest(tmp_path / "m.jsonl"), Noisy(), seed=2)[(0, 2)].tensor, a)
 
 
 def test_seeded_rng_restores_the_global_generators() -> None:

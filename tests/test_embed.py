@@ -279,3 +279,103 @@ def test_similarity_help_lists_one_option_per_modality(ckpt: Path, capsys: pytes
     out = capsys.readouterr().out
     assert "--vec FILE" in out and "--input" in out
     assert out.index("--vec FILE") < out.index("--help")
+
+
+# ------------------------------------------------------------------------ file types, atomic commit, one writer
+def test_a_folder_gives_only_files_with_the_modality_extensions(
+    ckpt: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from lbcore.embedding import embed_job
+    from lbcore.modality import Modality
+    from lbcore.plugins import default_registry
+
+    assert Modality.extensions == ()  # the contract's default: any file
+    data = tmp_path / "data"
+    make_inputs(data)
+    upper = write_vec(data / "up.npy", [0, 1, 0, 0]).rename(data / "UP.NPY")  # suffixes match in any case
+    result = embed_job(ckpt, "vec", [data], tmp_path / "a.npy", num_workers=0)
+    assert result.failed == {} and len(result.embedded) == 4 and str(upper.resolve()) in result.embedded
+
+    monkeypatch.setattr(default_registry().registered("vec").cls, "extensions", ())
+    result = embed_job(ckpt, "vec", [data], tmp_path / "b.npy", num_workers=0)
+    assert list(result.failed) == [str((data / "notes.txt").resolve())]  # no declared types: every file is tried
+    assert len(result.embedded) == 4
+
+
+@pytest.mark.parametrize(("dies_at", "committed"), [(2, 0), (3, 1)])
+def test_a_failure_between_the_array_and_its_sidecar_loses_no_row(
+    ckpt: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, dies_at: int, committed: int
+) -> None:
+    import lbcore.embedstore
+    from lbcore.embedding import embed_job
+
+    data = tmp_path / "data"
+    make_inputs(data)
+    out = tmp_path / "emb.npy"
+    real = lbcore.embedstore.write_json
+    calls: list[int] = []
+
+    def dies(path: Path, meta: dict[str, Any]) -> None:  # call 1 is the empty claim; each save writes one more
+        calls.append(1)
+        if len(calls) >= dies_at:
+            raise OSError("killed")
+        real(path, meta)
+
+    monkeypatch.setattr(lbcore.embedstore, "write_json", dies)
+    with pytest.raises(OSError, match="killed"):
+        embed_job(ckpt, "vec", [data], out, num_workers=0, batch_size=1, save_every=1)
+    assert len(read_sidecar(out)["inputs"]) == committed
+    assert np.load(out).shape == (committed + 1, DIM)  # the array got ahead of its commit record
+
+    monkeypatch.setattr(lbcore.embedstore, "write_json", real)
+    result = embed_job(ckpt, "vec", [data], out, num_workers=0)
+    assert result.already_done == committed and result.rows == 3
+    names = ["a", "sub/b", "sub/deeper/c"]
+    assert read_sidecar(out)["inputs"] == [str((data / f"{n}.npy").resolve()) for n in names]
+    np.testing.assert_allclose(np.load(out), np.stack([unit(VECTORS[n]) for n in names]), atol=1e-6)
+
+
+def test_a_second_writer_on_the_same_output_is_refused(ckpt: Path, tmp_path: Path) -> None:
+    from filelock import FileLock
+
+    from lbcore.embedding import embed_job
+    from lbcore.embedstore import OutputLockedError
+
+    data = tmp_path / "data"
+    make_inputs(data)
+    out = tmp_path / "emb.npy"
+    held = FileLock(str(tmp_path / ".emb.npy.lock"))  # as another running job holds it
+    with held:
+        with pytest.raises(OutputLockedError, match=r"emb\.npy: another lbind embed job is writing this output"):
+            embed_job(ckpt, "vec", [data], out, num_workers=0)
+        assert not out.exists() and not out.with_name("emb.npy.json").exists()
+    assert embed_job(ckpt, "vec", [data], out, num_workers=0).rows == 3
+
+
+@pytest.mark.slow
+def test_the_lock_holds_across_processes(ckpt: Path, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from lbcore.embedding import embed_job
+    from lbcore.embedstore import OutputLockedError
+
+    data = tmp_path / "data"
+    make_inputs(data)
+    out = tmp_path / "emb.npy"
+    code = (
+        "import sys\nfrom pathlib import Path\nfrom lbcore.embedstore import lock_output\n"
+        "with lock_output(Path(sys.argv[1])):\n    print('held', flush=True)\n    sys.stdin.read()\n"
+    )
+    holder = subprocess.Popen(
+        [sys.executable, "-c", code, str(out)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        with pytest.raises(OutputLockedError):
+            embed_job(ckpt, "vec", [data], out, num_workers=0)
+    finally:
+        assert holder.stdin is not None
+        holder.stdin.close()
+        assert holder.wait(timeout=60) == 0
+    assert embed_job(ckpt, "vec", [data], out, num_workers=0).rows == 3  # released when that process ended

@@ -33,7 +33,7 @@ from torch import nn
 
 from lbcore import hookimpl
 from lbcore.config import ModalityConfig
-from lbcore.data import write_manifest
+from lbcore.manifest import write_manifest
 from lbcore.datasets import folder_per_class
 from lbcore.errors import InputError
 from lbcore.modality import Modality
@@ -61,6 +61,7 @@ class Vec(Modality):
     Config = ModalityConfig
     presets = {"languagebind": {}, "demo": TRAINABLE}
     templates = ("a {} vector.", "the {}.")
+    template_sets = {"first": ("a {} vector.",)}
     extensions = (".npy",)
 
     def preprocess(self, item, train=False):
@@ -296,6 +297,41 @@ def test_one_template_instead_of_the_ensemble_changes_the_answer(fp: str, tmp_pa
     assert card["metrics"]["top1"] == pytest.approx(50.0)  # item 2 flips to owl
     assert card["metrics"]["confusion"][1] == [0, 1, 1]
     assert "plot" not in card and not card_path.with_suffix(".png").exists()
+
+
+def test_a_named_template_set_is_chosen_with_templates(
+    fp: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ckpt = make_checkpoint(tmp_path / "ckpt", fp)
+    manifest = classification_manifest(tmp_path / "data")
+    card_path = tmp_path / "first.json"
+    args = ["eval", "-c", str(ckpt), "--data", str(manifest), "--no-plot", "--num-workers", "0"]
+    run_cli([*args, "-o", str(card_path), "--templates", "first"])
+    card = json.loads(card_path.read_text())
+    assert card["templates"] == {"vec": ["a {} vector."]}
+    assert card["metrics"]["top1"] == pytest.approx(50.0)  # as with --template "a {} vector." above
+    run_cli([*args, "-o", str(card_path), "--templates", "default"])
+    assert json.loads(card_path.read_text())["templates"] == {"vec": ["a {} vector.", "the {}."]}
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as info:
+        run_cli([*args, "--templates", "speech"])
+    assert info.value.code == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "no template set 'speech'" in err and "its template sets: default, first" in err
+
+
+def test_cli_eval_takes_a_run_folder_and_says_which_checkpoint(
+    fp: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run = tmp_path / "run"
+    final = make_checkpoint(run / "final", fp)
+    make_checkpoint(run / "step-00000003", fp)
+    card_path = tmp_path / "card.json"
+    manifest = classification_manifest(tmp_path / "data")
+    run_cli(["eval", "-c", str(run), "--data", str(manifest), "-o", str(card_path), "--no-plot", "--num-workers", "0"])
+    assert json.loads(card_path.read_text())["checkpoint"]["path"] == str(final.resolve())
+    err = "".join(capsys.readouterr().err.split())  # rich wraps long paths anywhere
+    assert f"{run}isarunfolder:usingitscheckpoint{final}" in err  # the INFO line is shown without -v
 
 
 def test_the_item_hash_ignores_the_root_but_not_the_labels(fp: str, tmp_path: Path) -> None:

@@ -13,7 +13,6 @@ from PIL import Image
 from torchvision import transforms
 
 from lbcore.config import ImageConfig
-from lbcore.data import read_manifest
 from lbcore.errors import InputError
 from lbcore.image import (
     DemoConcept,
@@ -25,6 +24,7 @@ from lbcore.image import (
     write_image,
     write_image_demo,
 )
+from lbcore.manifest import read_manifest
 from lbcore.templates import IMAGENET_TEMPLATES, imagenet_templates
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)

@@ -66,9 +66,14 @@ def test_an_empty_config_with_one_modality_flag() -> None:
     assert merged["train"]["data"] == {"audio": "x=1.jsonl"}
 
 
-def test_a_bare_manifest_path_with_several_modalities_is_an_error() -> None:
-    with pytest.raises(ConfigError, match=r"--data 'a\.jsonl': with several modalities write MODALITY=PATH"):
-        apply_overrides({}, modalities=["audio", "depth"], data=["a.jsonl"])
+def test_a_bare_manifest_path_with_several_modalities_is_their_paired_manifest() -> None:
+    merged = apply_overrides({}, modalities=["audio", "depth"], data=["p.jsonl"])
+    assert merged["train"]["data"] == {"audio": "p.jsonl", "depth": "p.jsonl"}
+    # MODALITY=PATH wins for that modality, whatever the order; the bare path serves the others.
+    merged = apply_overrides({}, modalities=["audio", "depth", "video"], data=["depth=d.csv", "p.jsonl"])
+    assert merged["train"]["data"] == {"audio": "p.jsonl", "depth": "d.csv", "video": "p.jsonl"}
+    with pytest.raises(ConfigError, match=r"--data a\.jsonl b\.jsonl: several manifests without a modality"):
+        apply_overrides({}, modalities=["audio", "depth"], data=["a.jsonl", "b.jsonl"])
 
 
 def test_unknown_settings_and_malformed_sections_are_errors_naming_them() -> None:

@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import ast
 import importlib
+import json
 import os
 import shutil
 import subprocess
 import sys
+import sysconfig
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
 from lbcore.plugins import PluginRegistry
-from lbcore.scaffold import ScaffoldError, new_modality, render_modality_plugin, validate_modality_name
+from lbcore.scaffold import ScaffoldError, new_modality, render_modality_plugin, template_dir, validate_modality_name
 
 try:
     import tomllib
@@ -22,6 +24,7 @@ except ModuleNotFoundError:  # Python 3.10
     tomllib = pytest.importorskip("tomli")
 
 EXPECTED_FILES = {
+    ".gitignore",
     "pyproject.toml",
     "README.md",
     "lbind_{name}/__init__.py",
@@ -172,3 +175,91 @@ def test_output_dir_is_created_and_defaults_to_the_working_directory(tmp_path: P
     result = CliRunner().invoke(new_modality, ["lbtest_here"])
     assert result.exit_code == 0, result.output
     assert (tmp_path / "lbtest_here" / "pyproject.toml").is_file()
+
+
+# ------------------------------------------------------------------------------------ the wheel, outside the checkout
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _run(args: list[str], cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    done = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, f"{' '.join(args)} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+    return done
+
+
+def _shared_view(target: Path) -> Path:
+    """A folder of links to everything in this environment's site-packages except lbind's own distributions
+    (lbcore, the lbind-* plugins, editable-install hooks, .pth files), so the fresh environment imports torch,
+    transformers, pip, setuptools... from here but lbind only from the wheel it installs."""
+    target.mkdir()
+    skip = ("lbind", "lbcore", "__editable__", "_lbind")
+    for folder in dict.fromkeys([sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]]):
+        for entry in Path(folder).iterdir():
+            lower = entry.name.lower()
+            if lower.startswith(skip) or lower.endswith(".pth") or (target / entry.name).exists():
+                continue
+            (target / entry.name).symlink_to(entry)
+    return target
+
+
+@pytest.mark.slow
+def test_the_wheel_alone_renders_installs_and_lists_a_new_plugin(tmp_path: Path) -> None:
+    """Build lbind's wheel, install it into a fresh virtual environment, and from a folder outside the checkout
+    render a plugin with `lbind new-modality`, install it and see it in `lbind modalities`; all offline."""
+    # Build from a copy of the distribution's sources, so the build leaves nothing in the checkout.
+    src = tmp_path / "src"
+    src.mkdir()
+    shutil.copy(REPO / "pyproject.toml", src)
+    shutil.copy(REPO / "README.md", src)
+    shutil.copytree(REPO / "lbcore", src / "lbcore", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV", "PYTHONHOME", "LBIND_PLUGINS")}
+    env.update(PIP_NO_INDEX="1", PIP_DISABLE_PIP_VERSION_CHECK="1", HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
+    env.update(LBIND_CACHE=str(tmp_path / "cache"))
+    pip = [sys.executable, "-m", "pip"]
+    built = _run(
+        [*pip, "wheel", "-v", "--no-deps", "--no-build-isolation", "-w", str(tmp_path / "dist"), str(src)],
+        tmp_path,
+        env,
+    )
+    # setuptools reports deprecated metadata (e.g. a TOML-table licence) as *Warning classes on stderr.
+    assert "Warning" not in built.stdout + built.stderr, (built.stdout + built.stderr)[-3000:]
+    (wheel,) = (tmp_path / "dist").glob("lbind-*.whl")
+
+    # The fresh environment reuses this one's dependencies instead of downloading torch again: a .pth file in its
+    # site-packages appends a filtered view of this environment's site-packages (see _shared_view).
+    # `venv --system-site-packages` would not do: this environment is itself a venv, and that option exposes the
+    # base interpreter's site-packages, not this venv's. Directories added by a .pth are not site directories, so
+    # the .pth files (editable installs) inside the view are never run. Without pip of its own, the fresh
+    # environment runs pip from the view, which installs into the running interpreter's environment.
+    venv = tmp_path / "venv"
+    _run([sys.executable, "-m", "venv", "--without-pip", str(venv)], tmp_path, env)
+    python = str(venv / ("Scripts" if os.name == "nt" else "bin") / "python")
+    site = Path(
+        _run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], tmp_path, env).stdout.strip()
+    )
+    (site / "lbind-test-shared.pth").write_text(str(_shared_view(tmp_path / "shared")) + "\n", encoding="utf-8")
+    _run([python, "-m", "pip", "install", "--no-deps", str(wheel)], tmp_path, env)
+    lbind = str(Path(python).with_name("lbind"))
+
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    where = _run(
+        [python, "-c", "import lbcore, lbcore.scaffold as s; print(lbcore.__file__); print(s.template_dir())"],
+        outside,
+        env,
+    )
+    module, template = where.stdout.split("\n")[:2]
+    assert Path(module).is_relative_to(site) and Path(template).is_relative_to(site), where.stdout
+    assert (
+        {p.name for p in Path(template).rglob(".*")} == {p.name for p in template_dir().rglob(".*")} == {".gitignore"}
+    )
+
+    _run([lbind, "new-modality", "lbtest_wheel"], outside, env)
+    plugin = outside / "lbtest_wheel"
+    assert (plugin / ".gitignore").is_file() and (plugin / "lbind_lbtest_wheel" / "modality.py").is_file()
+    _run([python, "-m", "pip", "install", "--no-deps", "--no-build-isolation", str(plugin)], outside, env)
+
+    listed = json.loads(_run([lbind, "modalities", "--json"], outside, env).stdout)
+    assert [(r["modality"], r["distribution"]) for r in listed] == [("lbtest_wheel", "lbind-lbtest-wheel")]
+    plugins = json.loads(_run([lbind, "plugins", "--json"], outside, env).stdout)
+    assert [(p["name"], p["status"]) for p in plugins] == [("lbtest_wheel", "ok")]

@@ -22,8 +22,8 @@ import torch.multiprocessing as tmp_mp
 
 from lbcore.anchor import Anchor
 from lbcore.config import AnchorConfig
-from lbcore.data import write_manifest
 from lbcore.errors import TextStoreError
+from lbcore.manifest import write_manifest
 from lbcore.textcache import cache_manifest_texts, caption_owner, precompute_captions
 from lbcore.textstore import TextStore, text_keys
 

@@ -26,9 +26,10 @@ import torch.nn.functional as F
 
 import lbcore
 from lbcore.config import AnchorConfig
-from lbcore.data import Batch, ErrorBudgetExceeded, ManifestError
+from lbcore.data import Batch, ErrorBudgetExceeded
 from lbcore.errors import ConfigError
 from lbcore.loss import LOGIT_SCALE_MAX, contrastive_loss
+from lbcore.manifest import ManifestError, write_manifest
 from lbcore.model import BindModel
 from lbcore.plugins import default_registry
 
@@ -45,7 +46,7 @@ import torch
 
 from lbcore import hookimpl
 from lbcore.config import ModalityConfig
-from lbcore.data import write_manifest
+from lbcore.manifest import write_manifest
 from lbcore.errors import InputError
 from lbcore.modality import Modality
 from lbcore.nn import PatchStem1d, PatchStem2d
@@ -483,16 +484,24 @@ def test_the_anchor_never_runs_inside_a_training_step(
 
     monkeypatch.setattr(Anchor, "forward", counting)
 
+    events: list[tuple[str, int, int]] = []
+
     def on_event(event: Any) -> None:
+        events.append((event.kind, event.step, event.total_steps))
         if event.kind == "start":  # precompute is over: from here on the anchor must not run
             monkeypatch.setattr(Anchor, "forward", refuse)
 
     manifest = fk.write_signals(tmp_path / "data", 32)
     cfg = run_config(anchor_dir, tmp_path / "run", {"sig": manifest}, max_steps=4)
     cfg["anchor"]["cache_dir"] = str(tmp_path / "fresh-cache")  # nothing cached: precompute must run the anchor
+    cfg["anchor"]["batch_size"] = 3
     final = lbcore.train(cfg, progress=on_event)
     assert calls, "precompute did not use the anchor"
     assert (final / "sig.safetensors").is_file()
+    # The caption pre-pass reports its progress first: 8 distinct captions (4 classes x 2), in batches of 3.
+    captions = [(step, total) for kind, step, total in events if kind == "captions"]
+    assert captions == [(0, 8), (3, 8), (6, 8), (8, 8)]
+    assert [kind for kind, _, _ in events][: len(captions) + 1] == ["captions"] * len(captions) + ["start"]
 
 
 def test_checkpoint_round_trip_gives_the_same_embeddings(fk: Any, tmp_path: Path) -> None:
@@ -609,6 +618,50 @@ def test_existing_run_needs_resume(fk: Any, anchor_dir: Path, tmp_path: Path) ->
     assert json.loads((final / "lbind.json").read_text())["train"]["step"] == 2
 
 
+def write_paired(fk: Any, root: Path, both: int = 16, sig_only: int = 8) -> Path:
+    """Rows with a sig and a sig2 file, then rows with a sig file only; returns the paired manifest."""
+    fk.write_signals(root, both + sig_only, seed=1)
+    fk.write_signals(root, both, seed=2)
+    rows = [
+        {"sig": f"s1-{i:04d}.npy", **({"sig2": f"s2-{i:04d}.npy"} if i < both else {}), "caption": f"wave {i % 4}"}
+        for i in range(both + sig_only)
+    ]
+    return write_manifest(root / "paired.jsonl", rows)
+
+
+def test_modalities_sharing_a_paired_manifest_take_the_rows_with_their_key(fk: Any, tmp_path: Path) -> None:
+    from contextlib import nullcontext
+    from types import SimpleNamespace
+
+    from lbcore.runconfig import apply_overrides, resolve_config
+    from lbcore.traindata import open_datasets
+
+    paired = write_paired(fk, tmp_path / "data")
+    plan = resolve_config(apply_overrides({}, modalities=["sig", "sig2"], data=[str(paired)]))
+    acc = SimpleNamespace(local_main_process_first=nullcontext)
+    _, manifests, datasets = open_datasets(plan, acc)
+    assert manifests == {"sig": paired, "sig2": paired}
+    root = (tmp_path / "data").resolve()
+    assert datasets["sig"].paths == [root / f"s1-{i:04d}.npy" for i in range(24)]
+    assert datasets["sig2"].paths == [root / f"s2-{i:04d}.npy" for i in range(16)]
+    assert datasets["sig2"].captions.texts == ("wave 0", "wave 1", "wave 2", "wave 3")
+
+    plain = fk.write_signals(tmp_path / "plain", 8)  # rows with one 'path' serve every modality that reads them
+    _, _, datasets = open_datasets(
+        resolve_config(apply_overrides({}, modalities=["sig", "sig2"], data=[str(plain)])), acc
+    )
+    assert (
+        datasets["sig"].paths
+        == datasets["sig2"].paths
+        == [plain.parent.resolve() / f"s0-{i:04d}.npy" for i in range(8)]
+    )
+    bad = write_manifest(
+        tmp_path / "bad" / "p.jsonl", [{"sig": "a.npy", "caption": "x"}, {"sig": "b.npy", "sig2": 3, "caption": "y"}]
+    )
+    with pytest.raises(ManifestError, match=r"p\.jsonl:2: 'sig2' is 3, not a file path"):
+        open_datasets(resolve_config(apply_overrides({}, modalities=["sig", "sig2"], data=[str(bad)])), acc)
+
+
 # ---------------------------------------------------------------------------------------------------- the CLI
 def test_cli_train_writes_checkpoint_and_metrics(fk: Any, anchor_dir: Path, tmp_path: Path) -> None:
     from lbcore.cli import main
@@ -625,6 +678,23 @@ def test_cli_train_writes_checkpoint_and_metrics(fk: Any, anchor_dir: Path, tmp_
     assert (out / "step-00000002" / "train_state" / "progress.json").is_file()
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2, 3]
+
+
+def test_cli_trains_two_modalities_from_one_paired_manifest(fk: Any, anchor_dir: Path, tmp_path: Path) -> None:
+    from lbcore.cli import main
+
+    paired = write_paired(fk, tmp_path / "data")
+    config = tmp_path / "run.yaml"
+    config.write_text(f"anchor:\n  name: {anchor_dir}\n  max_length: 16\n")
+    out = tmp_path / "run"
+    main(["train", "--modality", "sig", "--modality", "sig2", "--config", str(config), "--data", str(paired),
+          "--output", str(out), "--max-steps", "2", "--num-workers", "0"])  # fmt: skip
+    meta = json.loads((out / "final" / "lbind.json").read_text())
+    assert set(meta["modalities"]) == {"sig", "sig2"}
+    assert meta["train"]["manifests"] == {"sig": str(paired), "sig2": str(paired)}
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2]
+    assert all(math.isfinite(r["loss/sig"]) and math.isfinite(r["loss/sig2"]) for r in rows)
 
 
 def test_cli_reports_a_bad_setting_with_its_field_path(

@@ -24,6 +24,7 @@ from torch import Tensor, nn
 from lbcore.config import EncoderConfig
 from lbcore.convert.weights import find_weight_files, load_exactly, read_json, read_weights
 from lbcore.errors import CheckpointError, ConfigError
+from lbcore.hub import resolve
 from lbcore.nn.encoder import ViTEncoder
 from lbcore.nn.stem import resize_position_embedding
 from lbcore.nn.trunk import ACTIVATIONS
@@ -271,7 +272,7 @@ def _read_clip_source(
     """(state dict, its name for messages, config.json or None, config.json's name) of a CLIP source."""
     if isinstance(path_or_state, Mapping):
         return path_or_state, "<state dict>", None, "<no config>"
-    path = Path(path_or_state)
+    path = resolve(path_or_state, "clip")  # a str may be a hub id
     files, config_path = find_weight_files(path)
     source = str(files[0] if len(files) == 1 else path)
     hf_config = read_json(config_path) if config_path is not None else None  # read first, as it is smaller
@@ -287,7 +288,8 @@ def load_clip_vision_into(
     """Load a transformers CLIP vision tower into an existing encoder; return a report, one line per remark.
 
     ``path_or_state`` is a checkpoint directory (config.json + model.safetensors, sharded safetensors, or a
-    pytorch_model.bin read with ``weights_only=True``), a single weights file, or a state dict. When the
+    pytorch_model.bin read with ``weights_only=True``), a single weights file, a hub id given as a str
+    (``org/name[@revision]`` or ``hf://...``: :func:`lbcore.hub.resolve`), or a state dict. When the
     encoder's patch grid differs from the checkpoint's, the position embedding is resized bicubically (class
     token kept) unless ``resize_positions`` is False. Loading is strict: every encoder tensor must be filled
     with the right shape, otherwise :class:`CheckpointError` names the source and the offending keys. The

@@ -28,6 +28,7 @@ from lbcore.config import ModalityConfig, deep_merge, validate_model
 from lbcore.convert.clip import POSITION_IDS, TEMPORAL_PREFIXES, encoder_config_from_clip, map_clip_vision_keys
 from lbcore.convert.weights import find_weight_files, load_exactly, read_json, read_weights
 from lbcore.errors import CheckpointError, ConfigError, UnknownReleaseError
+from lbcore.hub import resolve
 from lbcore.modality import Modality
 from lbcore.nn.stem import resize_position_embedding
 from lbcore.plugins import PluginRegistry, default_registry
@@ -208,18 +209,19 @@ def _declared_layout(modality_cls: type[Modality], model_type: Any, source: str)
 
 
 def read_languagebind(path: str | Path, modality_cls: type[Modality] | None = None) -> LanguageBindRelease:
-    """Read a downloaded LanguageBind checkpoint folder (config.json + safetensors or pytorch_model.bin).
+    """Read a LanguageBind checkpoint folder (config.json + safetensors or pytorch_model.bin), or a hub id given as
+    a str (``LanguageBind/LanguageBind_Audio``, ``hf://...@revision``) when no local folder of that name exists.
 
     The release's modality is the installed one that declares its ``model_type`` (or ``modality_cls``, which
     must declare it). A pickle is read with ``torch.load(weights_only=True)`` only: a file that needs anything
     but tensors is refused with :class:`CheckpointError` naming it, and no code in it runs. LoRA adapters are
     merged.
     """
-    path = Path(path).expanduser()
+    path = resolve(path, "languagebind")
     if not path.is_dir():
         raise CheckpointError(
             f"{path}: not a directory; expected a downloaded LanguageBind checkpoint folder "
-            "(config.json and model.safetensors or pytorch_model.bin), e.g. from LanguageBind/LanguageBind_Depth"
+            "(config.json and model.safetensors or pytorch_model.bin), or a hub id such as LanguageBind/<release>"
         )
     config_path = path / "config.json"
     if not config_path.is_file():

@@ -34,9 +34,11 @@ from lbcore.convert.languagebind import (
 from lbcore.convert.text_tower import write_languagebind_anchor
 from lbcore.convert.weights import read_json
 from lbcore.errors import AnchorError, CheckpointError
+from lbcore.hub import hub_origin
 from lbcore.loss import LogitScale
 from lbcore.modality import Modality
 from lbcore.model import BindModel
+from lbcore.modelcard import write_model_card
 
 logger = logging.getLogger(__name__)
 
@@ -134,6 +136,7 @@ def _add_modality(
     converted = meta.get("converted")
     meta["converted"] = {**(converted if isinstance(converted, dict) else {}), name: provenance}
     write_json(output / META_FILE, meta)
+    write_model_card(output, meta)  # the staged card named only the added modality
 
 
 def _join_existing(
@@ -157,19 +160,25 @@ def _join_existing(
 
 
 def _provenance(release: LanguageBindRelease) -> dict[str, Any]:
-    """Where a converted modality came from, as lbind.json's ``converted`` section records it."""
-    return {
+    """Where a converted modality came from, as lbind.json's ``converted`` section records it (with the Hub
+    repository and commit when the release was read from the hub cache)."""
+    record: dict[str, Any] = {
         "from": "languagebind",
         "source": str(release.source.resolve()),
         "model_type": release.model_type,
         "lora_merged": release.lora,
     }
+    origin = hub_origin(release.source.resolve())
+    if origin is not None:
+        record["hub"] = {"repo_id": origin.repo_id, "revision": origin.revision}
+    return record
 
 
 def convert_languagebind(
     source: str | Path, output: str | Path, tokenizer: str | Path | None = None
 ) -> ConversionResult:
-    """Convert a released LanguageBind checkpoint folder into the lbind checkpoint folder ``output``.
+    """Convert a released LanguageBind checkpoint folder (or hub id: :func:`read_languagebind`) into the lbind
+    checkpoint folder ``output``.
 
     ``output`` gets ``lbind.json``, ``<modality>.safetensors`` and ``anchor/`` (the release's text tower as a CLIP
     anchor, named ``./anchor`` in lbind.json); :func:`lbcore.load` reads it. Converting another modality of the

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from lbcore.data import write_manifest
+from lbcore.manifest import write_manifest
 
 from lbind_imu.signal import CHANNELS
 

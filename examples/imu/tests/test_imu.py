@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from lbcore.data import read_manifest
 from lbcore.errors import InputError
+from lbcore.manifest import read_manifest
 
 from lbind_imu.demo import CONCEPTS, SPLITS, G
 from lbind_imu.modality import ImuModality

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from lbcore.data import write_manifest
+from lbcore.manifest import write_manifest
 
 log = logging.getLogger(__name__)
 

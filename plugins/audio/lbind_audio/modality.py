@@ -106,11 +106,22 @@ class AudioModality(Modality):
     name = "audio"
     Config = AudioConfig
     presets: ClassVar = {"languagebind": LANGUAGEBIND, "languagebind_ft": LANGUAGEBIND_FT, "demo": DEMO}
-    templates = ("a sound of {}.",)
+    templates = ("a sound of {}.",)  # LanguageBind's, for sound events (ESC-50, AudioSet, VGGSound)
+    # Spoken words and phrases (e.g. keyword spotting): `lbind eval --templates speech`.
+    template_sets: ClassVar = {
+        "speech": (
+            "a person saying {}.",
+            "someone saying the word {}.",
+            "a recording of a voice saying {}.",
+            "the spoken word {}.",
+            "a person speaking: {}.",
+        )
+    }
     description = "Audio clips as log-mel spectrograms (Kaldi fbank, three chunks as channels)"
     extensions = AUDIO_EXTENSIONS
     releases = (LANGUAGEBIND_RELEASE,)
     demo_version = "1"
+    widget = "audio"
 
     config: AudioConfig
 

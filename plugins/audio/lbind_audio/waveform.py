@@ -74,7 +74,28 @@ def load_waveform(item: Any, sample_rate: int, channels: ChannelMode = "mix") ->
             )
         # The default windowed-sinc resampler (Hann, 6 zero crossings), as LanguageBind uses.
         wave = AF.resample(wave, orig_freq=rate, new_freq=sample_rate)
+        _note_resampling(source, rate, sample_rate)
     return wave
+
+
+_resampling_noted = False  # set by the first resampled input of the process
+
+
+def _note_resampling(source: str | None, rate: int, sample_rate: int) -> None:
+    """Log, once per process, that inputs are resampled and how to make the model take their rate instead."""
+    global _resampling_noted
+    if _resampling_noted:
+        return
+    _resampling_noted = True
+    log.warning(
+        "%s is at %d Hz: resampling it to the model's %d Hz, as every input at another rate (said once). The "
+        "model's rate is the audio config's sample_rate: to train at the files' rate, set it in the run config "
+        "(modalities: {audio: {sample_rate: %d}}); a checkpoint keeps the rate it was trained at.",
+        source or "an in-memory waveform",
+        rate,
+        sample_rate,
+        rate,
+    )
 
 
 def read_audio_file(path: str | os.PathLike) -> tuple[np.ndarray, int]:

@@ -14,8 +14,8 @@ import torch
 from lbind_audio import demo as demo_data
 from lbind_audio.modality import AudioModality
 
-from lbcore.data import read_manifest
 from lbcore.demo import demo_data as cached_demo_data
+from lbcore.manifest import read_manifest
 
 
 @pytest.fixture(scope="module")

@@ -50,6 +50,27 @@ def test_file_formats_match_the_float_signal(tmp_path, languagebind, signal, fmt
     assert (got - ref).abs().mean() < mean_tol
 
 
+def test_the_first_resampled_file_logs_one_line_naming_the_rates_and_sample_rate(
+    tmp_path, demo, monkeypatch, caplog
+) -> None:
+    import lbind_audio.waveform as waveform
+
+    monkeypatch.setattr(waveform, "_resampling_noted", False)  # as in a fresh process
+    paths = []
+    for name, rate in (("native", 16000), ("first", 44100), ("second", 44100), ("third", 22050)):
+        paths.append(tmp_path / f"{name}.wav")
+        sf.write(paths[-1], tones(rate, 0.5), rate, subtype="FLOAT")
+    with caplog.at_level("INFO", logger="lbind_audio"):
+        demo.preprocess(paths[0])
+        assert not caplog.records  # a file at the model's rate is not resampled
+        for path in paths[1:]:
+            demo.preprocess(path)
+    (record,) = caplog.records
+    message = record.getMessage()
+    assert str(paths[1]) in message and "44100 Hz" in message and "16000 Hz" in message
+    assert "sample_rate: 44100" in message
+
+
 @pytest.mark.parametrize("rate", [8000, 22050, 44100, 48000])
 def test_any_rate_is_resampled_to_16k(tmp_path, languagebind, rate) -> None:
     path = tmp_path / f"tones_{rate}.wav"

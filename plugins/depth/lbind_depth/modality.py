@@ -72,6 +72,7 @@ class DepthModality(ImageLikeModality):
     extensions = DEPTH_EXTENSIONS
     # LanguageBind_Depth: the depth its maps were clipped to and scaled by.
     releases = (ReleaseLayout("LanguageBindDepth", settings={"max_depth": "max_depth"}),)
+    widget = "image"
     config: DepthConfig
 
     def preprocess(self, item: Any, train: bool = False) -> torch.Tensor:

@@ -15,10 +15,10 @@ from lbind_depth.modality import DepthModality
 from lbind_depth.readers import NYUD_CLASSES, depth_png_path, read_nyud, read_nyud_json
 from PIL import Image
 
-from lbcore.data import read_manifest
 from lbcore.datasets import LayoutError
 from lbcore.errors import InputError
 from lbcore.image import read_image
+from lbcore.manifest import read_manifest
 from lbcore.testing import realdata_dir
 
 CLIP_MEAN = torch.tensor((0.48145466, 0.4578275, 0.40821073)).view(3, 1, 1)

@@ -57,6 +57,7 @@ class ImageModality(ImageLikeModality):
     description = "RGB images (CLIP preprocessing; LanguageBind_Image is a plain CLIP vision tower)"
     extensions = IMAGE_EXTENSIONS
     releases = (ReleaseLayout("LanguageBindImage"),)  # LanguageBind_Image
+    widget = "image"
     config: RGBConfig
 
     def example_input(self, seed: int = 0) -> np.ndarray:

@@ -12,10 +12,10 @@ from lbind_image.readers import read_imagefolder
 from PIL import Image
 from torchvision import transforms as T
 
-from lbcore.data import read_manifest
 from lbcore.datasets import LayoutError
 from lbcore.errors import InputError
 from lbcore.image import read_image
+from lbcore.manifest import read_manifest
 from lbcore.testing import realdata_dir
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)

@@ -44,6 +44,7 @@ class InfraredModality(ImageLikeModality):
     description = "Thermal (infrared) images, any channel count or bit depth"
     extensions = IMAGE_EXTENSIONS
     releases = (ReleaseLayout("LanguageBindThermal"),)  # LanguageBind_Thermal
+    widget = "image"
     config: InfraredConfig
 
     def example_input(self, seed: int = 0) -> np.ndarray:

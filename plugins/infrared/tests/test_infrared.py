@@ -12,10 +12,10 @@ from lbind_infrared.modality import InfraredModality
 from lbind_infrared.readers import read_flir, read_llvip
 from PIL import Image
 
-from lbcore.data import read_manifest
 from lbcore.datasets import LayoutError
 from lbcore.errors import InputError
 from lbcore.image import read_image
+from lbcore.manifest import read_manifest
 from lbcore.testing import realdata_dir
 
 CLIP_MEAN = torch.tensor((0.48145466, 0.4578275, 0.40821073)).view(3, 1, 1)

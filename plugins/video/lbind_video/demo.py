@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lbcore.data import write_manifest
+from lbcore.manifest import write_manifest
 from lbind_video.soundtrack import SOUND_CAPTIONS, SOUNDS, render_sound, write_wav
 
 SIZE = 64  # frame side: decord 0.6 mis-strides some widths (16, 24, 48, 72, ...), 64 reads back exactly

@@ -108,6 +108,7 @@ class VideoModality(ImageLikeModality):
     # LanguageBind_Video and LanguageBind_Video_FT: the frame count the temporal tensors were trained on.
     releases = (ReleaseLayout("LanguageBindVideo", settings={"num_frames": "num_frames"}),)
     demo_version = "2"  # 2: sound tracks and paired video+audio manifests
+    widget = "video"
 
     config: VideoConfig
 

@@ -11,7 +11,7 @@ from lbind_video import demo
 from lbind_video.frames import frame_indices, read_video_frames
 from lbind_video.modality import VideoModality
 
-from lbcore.data import read_manifest
+from lbcore.manifest import read_manifest
 
 
 def small(root, seed: int = 0) -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from lbcore.data import read_manifest
+from lbcore.manifest import read_manifest
 from lbcore.errors import InputError
 
 from {{ cookiecutter.package }}.demo import CONCEPTS, COUNTS

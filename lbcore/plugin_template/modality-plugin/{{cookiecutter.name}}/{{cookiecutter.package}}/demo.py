@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from lbcore.data import write_manifest
+from lbcore.manifest import write_manifest
 
 COUNTS = {"train": 40, "test": 10}  # files per concept and split
 CAPTIONS_PER_ITEM = 3
