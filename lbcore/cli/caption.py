@@ -1,4 +1,4 @@
-"""``lbind caption`` and the captioning parts of ``lbind train --caption`` and ``lbind eval --task captioning``."""
+"""``lbind caption`` (captions from a checkpoint's decoder) and the decoder training of ``lbind train --caption``."""
 
 from __future__ import annotations
 
@@ -7,13 +7,15 @@ from pathlib import Path
 from typing import Any
 
 import click
-from rich.console import Console
-from rich.table import Table
 
+from lbcore.captioneval import caption_items
+from lbcore.captioning import load_captioner
+from lbcore.captiontrain import train_captioner
+from lbcore.checkpoint import read_meta
+from lbcore.cli import render
+from lbcore.cli.checkpoints import CHECKPOINT_HELP, checkpoint_dir
 from lbcore.errors import ConfigError
-
-console = Console()
-err_console = Console(stderr=True)
+from lbcore.model import load
 
 
 def parse_items(items: tuple[str, ...], sources: list[str]) -> dict[str, list[str]]:
@@ -34,17 +36,14 @@ def parse_items(items: tuple[str, ...], sources: list[str]) -> dict[str, list[st
 
 
 @click.command("caption")
-@click.option("--checkpoint", "-c", required=True, type=click.Path(file_okay=False), help="Checkpoint folder.")
+@click.option("--checkpoint", "-c", required=True, type=click.Path(file_okay=False), help=CHECKPOINT_HELP)
 @click.argument("items", nargs=-1, required=True)
 @click.option("--beam", type=int, default=1, show_default=True, help="Beam width (1: greedy).")
 @click.option("--max-length", type=int, help="Longest caption in tokens (default: the decoder's).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON lines {item, caption}.")
 def caption(checkpoint: str, items: tuple[str, ...], beam: int, max_length: int | None, as_json: bool) -> None:
     """Caption media files with the checkpoint's decoder (ITEM: FILE, or MODALITY=FILE,... for a group decoder)."""
-    from lbcore.captioneval import caption_items
-    from lbcore.captioning import load_captioner
-    from lbcore.model import load
-
+    checkpoint = checkpoint_dir(checkpoint)
     model = load(checkpoint)
     captioner = load_captioner(checkpoint)
     files = parse_items(items, list(captioner.cfg.sources))
@@ -55,9 +54,6 @@ def caption(checkpoint: str, items: tuple[str, ...], beam: int, max_length: int 
 
 def train_caption_decoder(checkpoint: Path, sources: str | None, data: tuple[str, ...], **settings: Any) -> Path:
     """``lbind train --caption``: train the decoder on ``checkpoint`` (its only modality, or ``sources``)."""
-    from lbcore.captiontrain import train_captioner
-    from lbcore.checkpoint import read_meta
-
     names = sources.split(",") if sources else list(read_meta(checkpoint)["modalities"])
     if len(names) > 1 and not sources:
         raise ConfigError(f"{checkpoint} holds {', '.join(names)}: choose the decoder's --source (e.g. A or A,B)")
@@ -65,24 +61,5 @@ def train_caption_decoder(checkpoint: Path, sources: str | None, data: tuple[str
     plan = {"checkpoint": checkpoint, "decoder": {"sources": names}, "data": manifest}
     plan.update({k: v for k, v in settings.items() if v is not None})
     target = train_captioner(plan)
-    err_console.print(f"caption decoder for {'+'.join(names)} saved in {target}")
+    render.note(f"caption decoder for {'+'.join(names)} saved in {target}")
     return target
-
-
-def print_caption_card(card: dict[str, Any], card_path: Path) -> None:
-    table = Table(
-        title=f"captioning: {card['modality']} on {card['dataset']['manifest']} ({card['dataset']['num_items']} items)"
-    )
-    table.add_column("captions")
-    table.add_column("BLEU-4", justify="right")
-    table.add_column("CIDEr", justify="right")
-    table.add_row(
-        f"decoder (beam {card['decoding']['beams']})", *(f"{card['metrics'][k]:.1f}" for k in ("bleu4", "cider"))
-    )
-    if "baseline" in card:
-        base = card["baseline"]["nearest_caption"]
-        table.add_row("nearest training caption", *(f"{base[k]:.1f}" for k in ("bleu4", "cider")))
-    console.print(table)
-    for example in card["examples"][:5]:
-        console.print(f"[dim]{example['references'][0]}[/] -> {example['caption']}", highlight=False)
-    console.print(f"result card: {card_path}")
