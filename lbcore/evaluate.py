@@ -349,6 +349,13 @@ def _evaluated_modalities(
     return [modality] + ([partner] if partner else [])
 
 
+def _group_members(group: Sequence[str] | None, fuse: str | None, emergent: str | None) -> list[str]:
+    """The members of a grouped evaluation (none without ``group``); two or more, without fuse or emergent."""
+    if group and (len(set(group)) < 2 or fuse or emergent):
+        raise EvaluationError("--group needs two or more distinct modalities, without --fuse or --emergent")
+    return list(group or [])
+
+
 def _reader_datasets(
     model: BindModel,
     modality: str,
@@ -443,9 +450,7 @@ def evaluate_checkpoint(
         raise EvaluationError("give either --dataset/--data-root or --data, not both")
     if (dataset is None) != (data_root is None):
         raise EvaluationError("--dataset NAME and --data-root DIR go together")
-    wanted = list(group) if group else _evaluated_modalities(checkpoint, meta, modality, fuse, emergent)
-    if group and (len(set(group)) < 2 or fuse or emergent):
-        raise EvaluationError("--group needs two or more distinct modalities, without --fuse or --emergent")
+    wanted = _group_members(group, fuse, emergent) or _evaluated_modalities(checkpoint, meta, modality, fuse, emergent)
     digest = cards.checkpoint_digest(checkpoint)
     model = model if model is not None else load(checkpoint)
     for name in wanted:
