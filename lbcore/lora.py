@@ -41,7 +41,7 @@ def apply_lora(encoder: nn.Module, config: ModalityConfig, where: str = "") -> d
     if lora.rank > 0:
         # deferred: peft imports transformers (seconds); only LoRA runs need it
         from peft import LoraConfig as PeftLoraConfig
-        from peft import inject_adapter_in_model
+        from peft import inject_adapter_in_model  # deferred: as above
 
         peft_cfg = PeftLoraConfig(
             r=lora.rank,

@@ -49,6 +49,7 @@ from lbcore.errors import (
     NonFiniteError,
     check_finite,
 )
+from lbcore.grouping import GroupSet, read_groups, write_groups
 from lbcore.lora import (
     LORA_A,
     adapter_state,
@@ -124,6 +125,7 @@ class BindModel(nn.Module):
         anchor_fingerprint: str | None = None,
         embed_dim: int | None = None,
         base_sources: Mapping[str, str] | None = None,
+        groups: GroupSet | None = None,
     ) -> None:
         super().__init__()
         if set(encoders) != set(modalities):
@@ -145,6 +147,7 @@ class BindModel(nn.Module):
                         scale.value.fill_(float(given))
                 scales[name] = scale
         self.logit_scales = scales
+        self.groups = groups if groups is not None else GroupSet()  # grouped modalities (lbcore.grouping)
         self.anchor_fingerprint = anchor_fingerprint
         dims = {getattr(e, "embed_dim", None) for e in encoders.values()} - {None}
         self.embed_dim = embed_dim if embed_dim is not None else (dims.pop() if len(dims) == 1 else None)
@@ -407,6 +410,8 @@ class BindModel(nn.Module):
                 }
             metadata = {"format": "pt", "modality": name, "weights": spec["weights"]}
             save_file(state, str(directory / spec["file"]), metadata=metadata)
+        if len(self.groups):
+            meta["groups"] = write_groups(directory, self.groups)
         meta["format_version"] = ADAPTER_FORMAT_VERSION if adapters else FULL_FORMAT_VERSION
         write_json(directory / META_FILE, meta)
         write_model_card(directory, meta)
@@ -466,7 +471,11 @@ class BindModel(nn.Module):
         fingerprint = anchor.get("fingerprint")
         if fingerprint is not None and not isinstance(fingerprint, str):
             raise CheckpointError(f"{directory / META_FILE}: anchor.fingerprint must be a string, got {fingerprint!r}")
-        model = cls(anchor_cfg, encoders, modalities, scales, anchor_fingerprint=fingerprint, embed_dim=embed_dim)
+        groups = read_groups(directory, meta["groups"], embed_dim) if "groups" in meta else None
+        model = cls(
+            anchor_cfg, encoders, modalities, scales, anchor_fingerprint=fingerprint, embed_dim=embed_dim,
+            groups=groups,
+        )  # fmt: skip
         return model.to(map_location).eval()
 
 

@@ -74,6 +74,15 @@ def parameter_groups(model: BindModel, lr_multipliers: Mapping[str, float] | Non
                 }
             groups[key]["params"].append(param)
             groups[key]["param_names"].append(qualified)
+    for key, fusion in getattr(model, "groups", {}).items():
+        # A group trains at its first member's settings (and follows its schedule), without weight decay.
+        optim = model.modalities[fusion.members[0]].config.optim
+        params = [(f"group:{key}.{n}", p) for n, p in fusion.named_parameters() if p.requires_grad]
+        groups[(f"group:{key}", False, 1.0)] = {
+            "params": [p for _, p in params], "param_names": [n for n, _ in params], "lr": optim.lr,
+            "weight_decay": 0.0, "betas": tuple(optim.betas), "eps": optim.eps, "name": f"group:{key}",
+            "modality": fusion.members[0],
+        }  # fmt: skip
     unused = sorted(set(multipliers) - used)
     if unused:
         raise ConfigError(

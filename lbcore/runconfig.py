@@ -26,6 +26,7 @@ from lbcore.config import (
     validate_model,
 )
 from lbcore.errors import ConfigError
+from lbcore.grouping import check_groups
 from lbcore.plugins import default_registry
 from lbcore.samples import default_workers
 
@@ -121,6 +122,21 @@ class TrainConfig(StrictModel):
     log_every: int = Field(10, gt=0, description="Log a metrics line (and TensorBoard scalars) every N steps.")
     tensorboard: bool = Field(False, description="Write TensorBoard scalars through accelerate's tracker.")
     demo_seed: int = Field(0, ge=0, description="Seed of the generated demo datasets.")
+    groups: list[list[str]] = Field(
+        default_factory=list,
+        description=(
+            "Groups of modalities aligned as one besides alone (VALOR's grouping alignment), e.g. [[video, audio]]: "
+            "the loss of the group's fused embedding against the captions is added, on the rows of one paired "
+            "manifest (every member's train.data) that have every member. A modality is in at most one group."
+        ),
+    )
+    group_fusion: Literal["learned", "mean"] = Field(
+        "learned", description="Group fusion: 'learned' member weights (+ linear map), or the parameter-free 'mean'."
+    )
+    group_linear: bool = Field(
+        True, description="Learned fusion: a linear map (initialised to identity) after the sum."
+    )
+    group_weight: float = Field(1.0, ge=0, description="Weight of each group's loss beside the modalities' own.")
 
     @field_validator("init")
     @classmethod
@@ -211,6 +227,7 @@ def resolve_config(config: TrainPlan | Mapping[str, Any] | str | Path, source: s
                     f"{where}train.{key}: given for {', '.join(unknown)}, which the run does not train "
                     f"(modalities: {', '.join(modalities)})"
                 )
+        _attempt(problems, check_groups, train_cfg.groups, list(modalities))
     checked = _attempt(problems, validate_run_config, data, source=source)
     if problems or checked is None or train_cfg is None:
         raise ConfigError("\n".join(problems))

@@ -32,6 +32,7 @@ from lbcore.checkpoint import (
     write_json,
 )
 from lbcore.errors import CheckpointError, ConfigError
+from lbcore.grouping import GROUPS_FILE, load_group_state
 from lbcore.model import BindModel, base_reference
 from lbcore.optim import scheduler_state
 from lbcore.statefiles import (
@@ -248,6 +249,7 @@ def _finish_restore(
     steps_per_epoch: int,
     total_steps: int,
 ) -> dict[str, Any]:
+    load_group_state(model.groups, latest / GROUPS_FILE)  # group fusions and temperatures (outside the encoders)
     progress = state["progress"]
     if progress.get("steps_per_epoch") != steps_per_epoch:
         raise ConfigError(

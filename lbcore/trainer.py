@@ -32,12 +32,15 @@ from torch import nn
 from lbcore.checkpoint import FINAL_NAME, find_latest, step_dir_name, write_json
 from lbcore.convert import load_clip_vision_into, load_languagebind_into
 from lbcore.data import Batch, ErrorBudget
-from lbcore.engine import ContrastiveEngine, NonFiniteBudget, StepResult
+from lbcore.engine import NonFiniteBudget, StepResult
 from lbcore.errors import ConfigError
+from lbcore.groupengine import engine_for
+from lbcore.grouping import build_groups
 from lbcore.lora import apply_lora
 from lbcore.modality import Modality
 from lbcore.model import BindModel
 from lbcore.optim import build_optimizer, build_scheduler
+from lbcore.pairdata import draw_micro
 from lbcore.runconfig import TrainPlan, resolve_config
 from lbcore.runstate import adapter_modalities, open_metrics, restore_latest, save_checkpoint
 from lbcore.samples import derive_seed
@@ -172,14 +175,8 @@ class Trainer:
             counts = apply_lora(encoder, modality.config, where=f"modalities.{name}.")
             self._set_grad_checkpointing(name, encoder)
             self.param_counts[name] = counts
-            log.info(
-                "%s: %s trainable of %s parameters (LoRA rank %d: %s adapter parameters)",
-                name,
-                f"{counts['trainable']:,}",
-                f"{counts['total']:,}",
-                modality.config.lora.rank,
-                f"{counts['lora']:,}",
-            )
+            log.info("%s: %s trainable of %s parameters (LoRA rank %d: %s adapter parameters)", name,
+                     f"{counts['trainable']:,}", f"{counts['total']:,}", modality.config.lora.rank, f"{counts['lora']:,}")  # fmt: skip
             encoders[name] = encoder
         self.model = BindModel(
             self.plan.anchor,
@@ -188,6 +185,7 @@ class Trainer:
             init_scales,
             anchor_fingerprint=self.anchor_fingerprint,
             embed_dim=self.embed_dim,
+            groups=build_groups(self.cfg.groups, self.embed_dim, self.cfg.group_fusion, self.cfg.group_linear),
         )
 
     def _setup_schedule(self) -> None:
@@ -231,7 +229,7 @@ class Trainer:
         self._setup_schedule()
         optimizer = build_optimizer(self.model, self.cfg.lr_multipliers)
         self.scheduler = build_scheduler(optimizer, self.model, self.total_steps)
-        self.engine = ContrastiveEngine(
+        self.engine = engine_for(self.cfg.groups, self.cfg.group_weight)(
             acc,
             self.model,
             self.text_tables,
@@ -390,7 +388,7 @@ class Trainer:
                     loader = acc.skip_first_batches(loader, offset * k)
                 iterators[name] = iter(loader)
             for _ in range(offset, self.steps_per_epoch):
-                micro = {name: [next(it) for _ in range(k)] for name, it in iterators.items()}
+                micro = draw_micro(iterators, k)  # per modality; a group's loader yields its members' batches
                 self._account_failures(micro, step)
                 result = self.engine.step(micro, step)
                 step += 1
@@ -428,6 +426,7 @@ class Trainer:
             record[f"loss/{name}"] = result.losses.get(name, float("nan"))
             record[f"logit_scale/{name}"] = self.model.logit_scale(name)
             record[f"lr/{name}"] = result.lrs.get(name, float("nan"))
+        record.update({f"loss/{key}": v for key, v in result.losses.items() if key not in self.modalities})
         if result.grad_norm is not None:
             record["grad_norm"] = result.grad_norm
         record["skipped"] = sum(len(b.failures) for b in self.budgets.values())

@@ -234,9 +234,9 @@ def test_atomic_writes_remove_their_temporary_files_on_a_full_disk(
     assert json.loads(target.read_text()) == {"v": 1}
     monkeypatch.undo()
 
-    import safetensors.torch
+    import lbcore.model
 
-    monkeypatch.setattr(safetensors.torch, "save_file", enospc)
+    monkeypatch.setattr(lbcore.model, "save_file", enospc)  # the safetensors writer the model saves with
     with pytest.raises(OSError, match="No space left"):
         _train.tiny_model(fk).save_pretrained(tmp_path / "ckpt")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["card.json"]

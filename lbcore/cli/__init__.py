@@ -76,6 +76,11 @@ COMMANDS: dict[str, CommandEntry] = {
         "app",
         "Serve the interactive demo as a local web page: text <-> media, zero-shot, media <-> media, the model.",
     ),
+    "caption": CommandEntry(
+        "lbcore.cli.caption",
+        "caption",
+        "Caption media files with the checkpoint's decoder (ITEM: FILE, or MODALITY=FILE,... for a group decoder).",
+    ),
     "convert": CommandEntry(
         "lbcore.cli.convert", "convert", "Convert released checkpoints into lbind checkpoint folders."
     ),

@@ -8,6 +8,7 @@ from typing import Any
 import click
 import yaml
 
+from lbcore.captioneval import evaluate_captioning
 from lbcore.cards import default_card_path, headline, write_card
 from lbcore.cli import render
 from lbcore.cli.checkpoints import CHECKPOINT_HELP, checkpoint_dir, only_modality
@@ -47,13 +48,15 @@ def named_templates(checkpoint: str, modality: str | None, name: str, templates:
 @click.option("--option", "options", multiple=True, metavar="KEY=VALUE", help="Extra dataset-reader argument.")
 @click.option(
     "--task",
-    type=click.Choice(["auto", "classification", "retrieval"]),
+    type=click.Choice(["auto", "classification", "retrieval", "captioning"]),
     default="auto",
     show_default=True,
-    help="auto: classification when every row has a label, else retrieval over the captions.",
+    help="auto: classification when every row has a label, else retrieval; captioning: the checkpoint's decoder.",
 )
 @click.option("--fuse", metavar="MODALITY", help="Also score MODALITY and average the logits (paired manifest).")
 @click.option("--emergent", metavar="MODALITY", help="Retrieval between --modality and MODALITY (paired manifest).")
+@click.option("--group", metavar="A,B", help="Grouped evaluation of these modalities (paired manifest or demo).")
+@click.option("--beam", type=int, default=1, show_default=True, help="--task captioning: beam width (1: greedy).")
 @click.option("--template", "templates", multiple=True, help="Prompt template with {} (repeat; default: the plugin's).")
 @click.option(
     "--templates", "template_set", metavar="NAME", help="A named template set of the modality (e.g. speech for audio)."
@@ -76,6 +79,8 @@ def evaluate_command(
     task: str,
     fuse: str | None,
     emergent: str | None,
+    group: str | None,
+    beam: int,
     templates: tuple[str, ...],
     template_set: str | None,
     batch_size: int,
@@ -86,6 +91,9 @@ def evaluate_command(
 ) -> None:
     """Zero-shot evaluation of a checkpoint (no data argument: the modality's demo test split); writes a result card."""
     checkpoint = checkpoint_dir(checkpoint)
+    if task == "captioning":
+        caption_evaluation(checkpoint, manifest, beam, batch_size, output, as_json)
+        return
     if template_set is not None:
         templates = named_templates(checkpoint, modality, template_set, templates)
     with render.progress_bar("eval") as bar:
@@ -100,6 +108,7 @@ def evaluate_command(
             task=task,  # type: ignore[arg-type]
             fuse=fuse,
             emergent=emergent,
+            group=group.split(",") if group else None,
             templates=templates or None,
             batch_size=batch_size,
             num_workers=num_workers,
@@ -116,3 +125,17 @@ def evaluate_command(
         render.echo_json(card)
     else:
         render.result_card(card, list(headline(card)), card_path, plot_path)
+
+
+def caption_evaluation(
+    checkpoint: str, manifest: str | None, beam: int, batch_size: int, output: str | None, as_json: bool
+) -> None:
+    """``--task captioning``: BLEU-4 and CIDEr of the checkpoint's decoder beside the nearest-caption baseline."""
+    card = evaluate_captioning(checkpoint, manifest=manifest, beams=beam, batch_size=batch_size)
+    name = f"captioning-{card['modality']}-{card['dataset']['split']}.json"
+    card_path = Path(output) if output else Path(checkpoint).resolve().parent / "eval" / name
+    write_card(card, card_path)
+    if as_json:
+        render.echo_json(card)
+    else:
+        render.caption_card(card, card_path)

@@ -298,6 +298,10 @@ def result_card(card: Mapping[str, Any], columns: list[str], card_path: Path, pl
     for name, metrics in card["metrics_per_modality"].items():
         table.add_row(safe(name), *[fmt(metrics.get(c)) for c in columns])
     label = "+".join([card["modality"], card["fuse"]]) + " (fused)" if card["fuse"] else card["modality"]
+    if card.get("group"):
+        members = "+".join(card["group"]["members"])
+        table.add_row(safe(f"{members} (logit fusion)"), *[fmt(card["group"]["logit_fusion"].get(c)) for c in columns])
+        label = f"{members} (group, {card['group']['fusion']} fusion)"
     table.add_row(f"[bold]{safe(label)}[/]", *[f"[bold]{fmt(card['metrics'].get(c))}[/]" for c in columns])
     console.print(table)
     per_class = card["metrics"].get("per_class") or card["metrics"].get("per_class_ap") or {}
@@ -311,6 +315,27 @@ def result_card(card: Mapping[str, Any], columns: list[str], card_path: Path, pl
 
 
 # ------------------------------------------------------------------------------------------------- embedding
+def caption_card(card: Mapping[str, Any], card_path: Path) -> None:
+    """A captioning result card: BLEU-4 and CIDEr of the decoder (and of the nearest-caption baseline), examples."""
+    data = card["dataset"]
+    table = Table(title=f"captioning: {safe(card['modality'])} on {safe(data['manifest'])} ({data['num_items']} items)")
+    table.add_column("captions")
+    table.add_column("BLEU-4", justify="right")
+    table.add_column("CIDEr", justify="right")
+    beams = card["decoding"]["beams"]
+    table.add_row(
+        f"decoder ({'greedy' if beams == 1 else f'beam {beams}'})",
+        *(fmt(card["metrics"][k]) for k in ("bleu4", "cider")),
+    )
+    if "baseline" in card:
+        base = card["baseline"]["nearest_caption"]
+        table.add_row("nearest training caption", *(fmt(base[k]) for k in ("bleu4", "cider")))
+    console.print(table)
+    for example in card["examples"][:5]:
+        console.print(f"[dim]{safe(example['references'][0])}[/] -> {safe(example['caption'])}", highlight=False)
+    console.print(f"result card: {safe(card_path)}")
+
+
 def embed_summary(result: EmbedJobResult) -> None:
     """What an embed job did, then one line on stderr per unreadable input."""
     table = Table(title="embed summary", show_header=False)

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import click
 
 from lbcore.cli import render
+from lbcore.cli.caption import train_caption_decoder
 from lbcore.config import read_yaml
 from lbcore.runconfig import apply_overrides, resolve_config
 from lbcore.trainer import train as run_training
@@ -38,19 +40,36 @@ from lbcore.trainer import train as run_training
 @click.option(
     "--save-full", is_flag=True, default=None, help="Write full merged encoder weights instead of LoRA adapters."
 )
+@click.option("--group", "groups", multiple=True, metavar="A,B", help="Also align these modalities as one group.")
+@click.option("--caption", is_flag=True, help="Train a caption decoder (after the encoders, or on --checkpoint).")
+@click.option("--checkpoint", type=click.Path(file_okay=False), help="With --caption: train only its decoder.")
+@click.option("--source", metavar="A[,B]", help="With --caption: the modality or group the decoder reads.")
+@click.option("--caption-steps", type=int, help="With --caption: decoder training steps.")
 def train(
     modality_names: tuple[str, ...],
     config_file: str | None,
     data: tuple[str, ...],
     output: str | None,
     preset: str | None,
+    groups: tuple[str, ...],
+    caption: bool,
+    checkpoint: str | None,
+    source: str | None,
+    caption_steps: int | None,
     **flags: Any,
 ) -> None:
     """Train modality encoders against the frozen anchor (no --data: the demo preset on the demo dataset)."""
+    if caption and checkpoint:
+        train_caption_decoder(Path(checkpoint), source, data, steps=caption_steps, seed=flags.get("seed"))
+        return
+    flags["groups"] = [g.split(",") for g in groups] or None
     raw = read_yaml(config_file) if config_file else {}
     merged = apply_overrides(
         raw, modalities=modality_names, data=data, output=output, preset=preset, source=config_file or "", **flags
     )
     plan = resolve_config(merged, source=config_file or "")
     with render.TrainDisplay() as display:
-        run_training(plan, progress=display.on_event)
+        final = run_training(plan, progress=display.on_event)
+    if caption:
+        source = source or (",".join(plan.train.groups[0]) if plan.train.groups else None)
+        train_caption_decoder(final, source, data, steps=caption_steps, seed=flags.get("seed"))

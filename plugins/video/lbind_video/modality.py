@@ -107,7 +107,7 @@ class VideoModality(ImageLikeModality):
     extensions = VIDEO_EXTENSIONS
     # LanguageBind_Video and LanguageBind_Video_FT: the frame count the temporal tensors were trained on.
     releases = (ReleaseLayout("LanguageBindVideo", settings={"num_frames": "num_frames"}),)
-    demo_version = "1"
+    demo_version = "2"  # 2: sound tracks and paired video+audio manifests
     widget = "video"
 
     config: VideoConfig
