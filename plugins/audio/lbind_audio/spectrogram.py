@@ -118,8 +118,23 @@ def log_mel_chunks(
             mel = fbank(wave[first * shift : (end - 1) * shift + window], sample_rate, mel_bins)  # [end - first, mel]
             by_start.update({s: mel[s - first : s - first + target_length] for s in starts if first <= s < end})
         chunks = [by_start[s] for s in starts]
-    x = torch.stack(chunks).transpose(1, 2)  # [3, frames, mel] -> [3, mel, frames]
-    return ((x - mean) / (2 * std)).contiguous()
+    return _normalised(chunks, mean, std)
+
+
+def _normalised(chunks: list[torch.Tensor], mean: float, std: float) -> torch.Tensor:
+    """Chunks [frames, mel] -> contiguous [len(chunks), mel, frames] as ``(x - mean) / (2 * std)``, each
+    distinct chunk transposed, shifted and scaled in one pass into the output (a repeated chunk is copied)."""
+    frames, bins = chunks[0].shape
+    out = torch.empty(len(chunks), bins, frames)
+    first_of: dict[int, int] = {}
+    for i, chunk in enumerate(chunks):
+        if id(chunk) in first_of:
+            out[i] = out[first_of[id(chunk)]]
+            continue
+        torch.sub(chunk.T, mean, out=out[i])
+        out[i].div_(2 * std)
+        first_of[id(chunk)] = i
+    return out
 
 
 def merged_spans(starts: list[int], length: int) -> list[tuple[int, int]]:

@@ -87,19 +87,22 @@ def read_video_frames(
         raise InputError(path, "the video stream has zero frames", VIDEO_FILES)
     wanted = frame_indices(available, num_frames)
     distinct = sorted(set(wanted))
-    decoded = _decode_batch(reader, distinct, path)
-    if decoded is None:  # decord 0.6 cannot batch frames whose rows it pads: one frame at a time
-        decoded = [_decode_one(reader, index, available, path) for index in distinct]
-    shapes = {f.shape for f in decoded}
-    if len(shapes) > 1:
-        raise InputError(path, f"frames change size mid-stream ({sorted(shapes)})", "frames of one size")
+    batch = _decode_batch(reader, distinct, path)  # [len(distinct), H, W, 3]
+    if batch is None:  # decord 0.6 cannot batch frames whose rows it pads: one frame at a time
+        frames = [_decode_one(reader, index, available, path) for index in distinct]
+        shapes = {f.shape for f in frames}
+        if len(shapes) > 1:
+            raise InputError(path, f"frames change size mid-stream ({sorted(shapes)})", "frames of one size")
+        batch = np.stack(frames)
+    if wanted == distinct:
+        return batch  # [num_frames, H, W, 3]
     position = {index: i for i, index in enumerate(distinct)}
-    return np.stack([decoded[position[i]] for i in wanted])  # [num_frames, H, W, 3]
+    return batch[[position[i] for i in wanted]]  # repeated frames of a short clip
 
 
-def _decode_batch(reader: Any, indices: list[int], path: Path) -> list[np.ndarray] | None:
-    """The frames at ``indices`` (sorted, distinct) in one decord ``get_batch``; None when decord cannot batch
-    them (its padded-row bug, see :func:`_as_rgb24`)."""
+def _decode_batch(reader: Any, indices: list[int], path: Path) -> np.ndarray | None:
+    """The frames at ``indices`` (sorted, distinct) in one decord ``get_batch``: uint8 [len, H, W, 3]; None when
+    decord cannot batch them (its padded-row bug, see :func:`_as_rgb24`)."""
     import decord
 
     try:
@@ -110,7 +113,7 @@ def _decode_batch(reader: Any, indices: list[int], path: Path) -> list[np.ndarra
     arr = batch.asnumpy() if hasattr(batch, "asnumpy") else np.asarray(batch)
     if arr.dtype != np.uint8 or arr.ndim != 4 or arr.shape[-1] != 3 or arr.shape[0] != len(indices):
         return None
-    return list(arr)
+    return arr
 
 
 def _decode_one(reader: Any, index: int, available: int, path: Path) -> np.ndarray:
