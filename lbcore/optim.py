@@ -91,9 +91,23 @@ def parameter_groups(model: BindModel, lr_multipliers: Mapping[str, float] | Non
     return list(groups.values())
 
 
-def build_optimizer(model: BindModel, lr_multipliers: Mapping[str, float] | None = None) -> torch.optim.AdamW:
-    """AdamW over :func:`parameter_groups` (per-group lr, weight decay, betas and eps)."""
-    return torch.optim.AdamW(parameter_groups(model, lr_multipliers))
+def build_optimizer(
+    model: BindModel,
+    lr_multipliers: Mapping[str, float] | None = None,
+    *,
+    device: torch.device | str | None = None,
+) -> torch.optim.AdamW:
+    """AdamW over :func:`parameter_groups` (per-group lr, weight decay, betas and eps).
+
+    ``device``: where the parameters will train (the trainer builds the optimiser before accelerate moves
+    the model; default: where the first trainable parameter is now). On CUDA the optimiser is torch's fused
+    AdamW (one kernel for the whole update instead of several per parameter group); elsewhere torch's default
+    implementation."""
+    groups = parameter_groups(model, lr_multipliers)
+    if device is None:
+        device = next((p.device for g in groups for p in g["params"]), torch.device("cpu"))
+    fused = torch.device(device).type == "cuda"
+    return torch.optim.AdamW(groups, fused=True) if fused else torch.optim.AdamW(groups)
 
 
 @dataclass(frozen=True)

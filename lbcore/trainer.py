@@ -227,7 +227,7 @@ class Trainer:
         self._setup_data()
         self._setup_model()
         self._setup_schedule()
-        optimizer = build_optimizer(self.model, self.cfg.lr_multipliers)
+        optimizer = build_optimizer(self.model, self.cfg.lr_multipliers, device=acc.device)  # fused on CUDA
         self.scheduler = build_scheduler(optimizer, self.model, self.total_steps)
         self.engine = engine_for(self.cfg.groups, self.cfg.group_weight)(
             acc,
