@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -27,7 +27,7 @@ from lbcore.config import (
 )
 from lbcore.errors import ConfigError
 from lbcore.plugins import default_registry
-from lbcore.samples import default_workers
+from lbcore.threads import ThreadsConfig
 
 __all__ = [
     "INIT_KINDS",
@@ -87,8 +87,13 @@ class TrainConfig(StrictModel):
             "A mapping sets it per modality."
         ),
     )
-    num_workers: int = Field(
-        default_factory=default_workers, ge=0, description="DataLoader worker processes per training process."
+    num_workers: int | None = Field(
+        None,
+        ge=0,
+        description=(
+            "DataLoader worker processes per training process (null: the threads section's choice: "
+            "threads.workers, LBIND_NUM_WORKERS, else a share of the idle cores)."
+        ),
     )
     mixed_precision: Literal["auto", "no", "bf16", "fp16"] = Field(
         "auto", description="'auto': bf16 on GPUs that support it, fp16 on other GPUs, float32 on CPU."
@@ -113,6 +118,23 @@ class TrainConfig(StrictModel):
     log_every: int = Field(10, gt=0, description="Log a metrics line (and TensorBoard scalars) every N steps.")
     tensorboard: bool = Field(False, description="Write TensorBoard scalars through accelerate's tracker.")
     demo_seed: int = Field(0, ge=0, description="Seed of the generated demo datasets.")
+    local_loss: bool = Field(
+        False,
+        description=(
+            "Each process builds only its own rows of the logits ([b, world*b] both ways) instead of the global "
+            "[world*b, world*b]; the gradients are the global loss's, the logged loss its mean over processes."
+        ),
+    )
+    check_files: bool = Field(
+        True, description="Check that every manifest file exists before the first step (in parallel threads)."
+    )
+    manifest_cache: Path | None = Field(
+        None,
+        description=(
+            "Folder of the memory-mapped manifest indexes, built once per manifest version and shared by all "
+            "processes (default: <lbind cache>/manifests)."
+        ),
+    )
 
     @field_validator("init")
     @classmethod
@@ -126,17 +148,19 @@ class TrainConfig(StrictModel):
 
 @dataclass
 class TrainPlan:
-    """A validated run: anchor, each modality's full config, and the loop settings."""
+    """A validated run: anchor, each modality's full config, the loop settings and the CPU thread settings."""
 
     anchor: AnchorConfig
     modalities: dict[str, ModalityConfig]
     train: TrainConfig
+    threads: ThreadsConfig = field(default_factory=ThreadsConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "anchor": self.anchor.model_dump(mode="json"),
             "modalities": {n: c.model_dump(mode="json") for n, c in self.modalities.items()},
             "train": self.train.model_dump(mode="json"),
+            "threads": self.threads.model_dump(mode="json"),
         }
 
 
@@ -156,6 +180,7 @@ def resolve_config(config: TrainPlan | Mapping[str, Any] | str | Path, source: s
     else:
         raise ConfigError(f"expected a run config mapping or a YAML path, got {type(config).__name__}")
     train_cfg = validate_model(TrainConfig, data.pop("train", None) or {}, prefix=("train",), source=source)
+    threads = validate_model(ThreadsConfig, data.pop("threads", None) or {}, prefix=("threads",), source=source)
     modalities = {}
     for name, spec in (data.get("modalities") or {}).items():
         spec = dict(spec or {})
@@ -175,7 +200,7 @@ def resolve_config(config: TrainPlan | Mapping[str, Any] | str | Path, source: s
                 f"not train (modalities: {', '.join(modalities)})"
             )
     run, configs = validate_run_config(data, source=source)
-    return TrainPlan(run.anchor, configs, train_cfg)
+    return TrainPlan(run.anchor, configs, train_cfg, threads)
 
 
 def validate_run_config(data: Any, source: str = "") -> tuple[RunConfig, dict[str, ModalityConfig]]:

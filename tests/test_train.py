@@ -642,17 +642,17 @@ def test_modalities_sharing_a_paired_manifest_take_the_rows_with_their_key(fk: A
     _, manifests, datasets = open_datasets(plan, acc)
     assert manifests == {"sig": paired, "sig2": paired}
     root = (tmp_path / "data").resolve()
-    assert datasets["sig"].paths == [root / f"s1-{i:04d}.npy" for i in range(24)]
-    assert datasets["sig2"].paths == [root / f"s2-{i:04d}.npy" for i in range(16)]
-    assert datasets["sig2"].captions.texts == ("wave 0", "wave 1", "wave 2", "wave 3")
+    assert list(datasets["sig"].paths) == [root / f"s1-{i:04d}.npy" for i in range(24)]
+    assert list(datasets["sig2"].paths) == [root / f"s2-{i:04d}.npy" for i in range(16)]
+    assert list(datasets["sig2"].captions.texts) == ["wave 0", "wave 1", "wave 2", "wave 3"]
 
     plain = fk.write_signals(tmp_path / "plain", 8)  # rows with one 'path' serve every modality that reads them
     _, _, datasets = open_datasets(
         resolve_config(apply_overrides({}, modalities=["sig", "sig2"], data=[str(plain)])), acc
     )
     assert (
-        datasets["sig"].paths
-        == datasets["sig2"].paths
+        list(datasets["sig"].paths)
+        == list(datasets["sig2"].paths)
         == [plain.parent.resolve() / f"s0-{i:04d}.npy" for i in range(8)]
     )
     bad = write_manifest(
@@ -751,6 +751,7 @@ def test_killed_run_resumes_to_the_same_weights(fk: Any, site: Path, anchor_dir:
     cfg = run_config(anchor_dir, tmp_path / "whole", {"sig": manifest}, epochs=3, grad_accum=2, save_every=5)
     cfg["modalities"]["sig"] = {"mask_ratio": 0.25}
     cfg["train"]["num_workers"] = 1
+    cfg["threads"] = {"torch_threads": 1}  # what OMP_NUM_THREADS=1 gives the subprocesses
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -800,9 +801,9 @@ report = {}
 for label, share in shares.items():
     start = sum(share[: acc.process_index])
     mine = ids[start : start + share[acc.process_index]]
-    for accum in (1, 2):
+    for accum, local in ((1, False), (2, False), (1, True), (2, True)):
         model = build()
-        engine = ContrastiveEngine(acc, model, {"sig": table})
+        engine = ContrastiveEngine(acc, model, {"sig": table}, local_loss=local)
         parts = mine.tensor_split(accum)
         result = engine.forward_backward({"sig": [Batch(x[p], p, p) for p in parts]}, step=0)
         engine.sync_gradients()
@@ -815,7 +816,7 @@ for label, share in shares.items():
             loss.backward()
             ref_grads = {k: p.grad for k, p in ref.encoders["sig"].named_parameters()}
             ref_grads["logit_scale"] = ref.logit_scales["sig"].value.grad
-            report[f"{label}/accum{accum}"] = {
+            report[f"{label}/accum{accum}" + ("/local" if local else "")] = {
                 "loss": abs(result.losses["sig"] - loss.item()),
                 "grad": max((grads[k] - ref_grads[k]).abs().max().item() for k in ref_grads),
                 "samples": result.samples["sig"],
@@ -826,7 +827,9 @@ acc.wait_for_everyone()
 """
 
 
-def test_two_processes_give_the_loss_and_gradients_of_one(fk: Any, site: Path, tmp_path: Path) -> None:
+def test_two_processes_give_the_loss_and_gradients_of_one_global_and_local_loss(
+    fk: Any, site: Path, tmp_path: Path
+) -> None:
     script = tmp_path / "two.py"
     script.write_text(textwrap.dedent(TWO_PROCESS_SCRIPT))
     out = tmp_path / "report.json"
@@ -843,7 +846,8 @@ def test_two_processes_give_the_loss_and_gradients_of_one(fk: Any, site: Path, t
     done = subprocess.run(cmd, env=subprocess_env(site), capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-4000:]
     report = json.loads(out.read_text())
-    assert set(report) == {"even/accum1", "even/accum2", "uneven/accum1", "uneven/accum2"}
+    # global and local loss (each process's [b, N] rows), even and uneven shares, with and without micro-batches
+    assert set(report) == {f"{s}/accum{a}{loc}" for s in ("even", "uneven") for a in (1, 2) for loc in ("", "/local")}
     for key, diffs in report.items():
         assert diffs["samples"] == 12, key
         assert diffs["loss"] < 1e-6, (key, diffs)
