@@ -50,7 +50,7 @@ def _load(folder: Path, name: str) -> np.ndarray:
 
 def _ref(array: np.ndarray | None) -> Any:
     """What pickles for ``array``: its file for a whole memory map (re-mapped on arrival), else the array."""
-    return array.filename if isinstance(array, np.memmap) and array.filename else array
+    return str(array.filename) if isinstance(array, np.memmap) and array.filename else array
 
 
 def _rebuild(cls: type, refs: tuple[Any, ...]) -> Any:
