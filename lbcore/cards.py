@@ -48,20 +48,26 @@ def file_sha256(path: str | Path) -> str:
 
 
 def checkpoint_digest(directory: str | Path) -> dict[str, Any]:
-    """``{"sha256": ..., "files": {name: sha256}}`` of a checkpoint's ``*.safetensors`` files. The checkpoint's
-    sha256 is that of the lines ``<file name>\\0<file sha256>\\n`` in name order, so it changes with any weight;
-    for adapter-only modalities the recorded base-weight hashes are folded in (``bases``)."""
+    """``{"sha256": ..., "files": {name: sha256}}`` of a checkpoint: its ``*.safetensors`` files and its
+    ``lbind.json`` (which says what the weights are: a renamed modality or another ``file`` changes the digest).
+
+    The checkpoint's sha256 is that of the lines ``<file name>\\0<file sha256>\\n``, the weights in name order
+    and then ``lbind.json``, so it changes with any weight or description; for adapter-only modalities the
+    recorded base-weight hashes are folded in last (``bases``)."""
     directory = Path(directory)
     files = sorted(directory.glob("*.safetensors"))
     if not files:
         raise CheckpointError(f"{directory}: no .safetensors weights to hash (is this a checkpoint folder?)")
     per_file = {f.name: file_sha256(f) for f in files}
+    meta_path = directory / META_FILE
+    if meta_path.is_file():
+        per_file[META_FILE] = file_sha256(meta_path)
     lines = [f"{name}\0{sha}\n" for name, sha in per_file.items()]
     # an adapter-only modality is only defined together with its base weights: fold their hashes in too
     bases = {}
-    if (directory / META_FILE).is_file():
+    if meta_path.is_file():
         for name, spec in sorted(read_meta(directory)["modalities"].items()):
-            if isinstance(spec.get("base"), dict) and spec["base"].get("sha256"):
+            if isinstance(spec.get("base"), dict) and isinstance(spec["base"].get("sha256"), str):
                 bases[name] = spec["base"]["sha256"]
                 lines.append(f"base:{name}\0{bases[name]}\n")
     combined = hashlib.sha256("".join(lines).encode())

@@ -9,13 +9,15 @@ with its slice of that gradient (the "gradient cache" trick). N micro-batches of
 of one batch of N * b, negatives included. With ``local_loss``, each process builds only its own ``[b, N]``
 logits both ways (:func:`lbcore.loss.local_contrastive_loss`); averaged over processes the loss and gradients
 are the global loss's. Caption embeddings stay on the host: each micro-batch gathers only its rows (pinned,
-copied without blocking), so device memory does not grow with the number of captions. Token masking draws from a seed of (seed, step, modality, micro-batch,
-process), so the cached and the gradient pass mask alike and a resumed run masks as an uninterrupted one did.
+copied without blocking), so device memory does not grow with the number of captions. Token masking draws from
+a seed of (seed, step, modality, micro-batch, process), so the cached and the gradient pass mask alike and a
+resumed run masks as an uninterrupted one did.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Mapping, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -25,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from lbcore.data import Batch
+from lbcore.errors import NonFiniteError
 from lbcore.loss import contrastive_loss, gather_with_grad, local_contrastive_loss
 from lbcore.samples import derive_seed
 
@@ -33,7 +36,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-__all__ = ["CaptionRows", "ContrastiveEngine", "StepResult", "gather_rows", "host_rows"]
+__all__ = ["CaptionRows", "ContrastiveEngine", "NonFiniteBudget", "StepResult", "gather_rows", "host_rows"]
 
 CaptionRows = Any
 """Caption embeddings a batch's caption ids index: a :class:`lbcore.textstore.CaptionTable` (memory-mapped,
@@ -74,6 +77,44 @@ class StepResult:
     samples: dict[str, int]  # global samples per modality
     grad_norm: float | None = None
     lrs: dict[str, float] = field(default_factory=dict)  # the rate this step used (first group of each modality)
+    skipped: list[str] = field(default_factory=list)  # modalities without samples this step (their loss is NaN)
+    nonfinite: str | None = None  # why the update was dropped: a NaN / infinite loss or gradient norm
+
+    def nonfinite_losses(self) -> list[str]:
+        """The modalities whose loss this step is NaN or infinite (not counting those skipped for lack of data)."""
+        return [n for n, v in self.losses.items() if n not in self.skipped and not math.isfinite(v)]
+
+
+class NonFiniteBudget:
+    """How many updates in a row may be dropped for a NaN / infinite loss or gradient norm (see
+    :meth:`ContrastiveEngine.optimizer_step`) before the run stops with :class:`NonFiniteError`."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.in_a_row = 0
+        self.total = 0
+
+    def record(self, result: StepResult, step: int, log_it: bool = True) -> None:
+        """Count ``result`` (of optimiser step ``step``, 1-based); raise once more than ``limit`` in a row failed."""
+        if result.nonfinite is None:
+            self.in_a_row = 0
+            return
+        self.in_a_row += 1
+        self.total += 1
+        if self.in_a_row > self.limit:
+            raise NonFiniteError(
+                f"step {step}: {result.nonfinite}; {self.in_a_row} step(s) in a row had a NaN or infinite loss or "
+                f"gradient (train.max_nonfinite_steps: {self.limit}), so the run stops. Those steps did not update "
+                "the weights; lower optim.lr, check the inputs for extreme values, or try mixed_precision: 'no'"
+            )
+        if log_it:
+            log.warning(
+                "step %d: %s; update skipped (%d in a row, at most %d)",
+                step,
+                result.nonfinite,
+                self.in_a_row,
+                self.limit,
+            )
 
 
 class ContrastiveEngine:
@@ -167,6 +208,7 @@ class ContrastiveEngine:
                 # since the collective ops below need every process.
                 log.warning("step %d: %s skipped: a process has no loadable sample in its batch", step, name)
                 result.losses[name] = float("nan")
+                result.skipped.append(name)
                 continue
             texts = [self._texts(name, b) for b in batches]  # [b, E] each, only this batch's rows
             inputs = [b.inputs.to(acc.device, non_blocking=True) for b in batches]
@@ -202,18 +244,33 @@ class ContrastiveEngine:
             if scale.value.grad is not None:
                 scale.value.grad = self.accelerator.reduce(scale.value.grad, reduction="mean")
 
-    def optimizer_step(self) -> float | None:
-        """Synchronise the temperatures' gradients, clip, step, advance the schedule, clamp the temperatures."""
+    def optimizer_step(self, result: StepResult | None = None) -> float | None:
+        """Synchronise the temperatures' gradients, clip, step, advance the schedule, clamp the temperatures.
+
+        Non-finite guard: when a loss of ``result`` or the gradient norm is NaN or infinite, the gradients are
+        dropped and neither the weights nor the schedule move (``result.nonfinite`` says why), so NaN never
+        reaches the weights. Under fp16 the gradient scaler already skips such updates (and lowers its scale);
+        there only a non-finite loss is reported, since overflowing gradients are part of its calibration.
+        """
         if self.optimizer is None:
             raise RuntimeError("this engine was built without an optimizer")
         acc = self.accelerator
         self.sync_gradients()
-        norm = None
-        if self.max_grad_norm is not None:
-            norm = float(acc.clip_grad_norm_(self.trainable_parameters(), self.max_grad_norm))
-        self.optimizer.step()
-        if self.scheduler is not None and not acc.optimizer_step_was_skipped:
-            self.scheduler.step()
+        limit = self.max_grad_norm if self.max_grad_norm is not None else math.inf  # inf: measure, do not clip
+        norm = float(acc.clip_grad_norm_(self.trainable_parameters(), limit))
+        bad = result.nonfinite_losses() if result is not None else []
+        scaled = getattr(acc, "scaler", None) is not None
+        reason = None
+        if bad:
+            reason = "loss of " + ", ".join(f"{n} is {result.losses[n]}" for n in bad)  # type: ignore[union-attr]
+        elif not math.isfinite(norm) and not scaled:
+            reason = f"gradient norm is {norm} (modalities: {', '.join(self.names)})"
+        if reason is not None and result is not None:
+            result.nonfinite = reason
+        if reason is None or scaled:  # the scaler drops non-finite updates itself and must see every step
+            self.optimizer.step()
+            if self.scheduler is not None and not acc.optimizer_step_was_skipped:
+                self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         for scale in self.model.logit_scales.values():
             scale.clamp_()
@@ -224,5 +281,5 @@ class ContrastiveEngine:
         if self.optimizer is not None:
             for group in self.optimizer.param_groups:
                 result.lrs.setdefault(group["modality"], group["lr"])
-        result.grad_norm = self.optimizer_step()
+        result.grad_norm = self.optimizer_step(result)
         return result

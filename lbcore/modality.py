@@ -66,6 +66,9 @@ class Modality(ABC):
         elif not isinstance(config, self.Config):
             data = config.model_dump() if isinstance(config, ModalityConfig) else config
             config = validate_model(self.Config, data, prefix=("modalities", self.name))
+        problems = self.config_problems(config)
+        if problems:
+            raise ConfigError("\n".join(f"modalities.{self.name}: {p}" for p in problems))
         self.config: ModalityConfig = config
 
     # -- definition checks -----------------------------------------------------------------------------
@@ -117,6 +120,13 @@ class Modality(ABC):
             )
         data = deep_merge(cls.presets[name], overrides)
         return validate_model(cls.Config, data, prefix=("modalities", cls.name))
+
+    @classmethod
+    def config_problems(cls, config: ModalityConfig) -> list[str]:
+        """Rules that tie a valid config to this modality's preprocessing or encoder, one message per broken
+        rule (default: none). ``lbind config validate`` and the constructor report them all; rules between fields
+        of the config alone belong in the config model's validators instead."""
+        return []
 
     @classmethod
     def from_spec(cls, spec: Mapping[str, Any]) -> Modality:

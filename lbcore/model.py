@@ -14,6 +14,7 @@ always saved in full.
 from __future__ import annotations
 
 import logging
+import math
 import os
 from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
@@ -36,23 +37,34 @@ from lbcore.checkpoint import (
     write_json,
 )
 from lbcore.config import AnchorConfig, validate_model
-from lbcore.convert.clip import load_clip_vision_into
-from lbcore.convert.languagebind import load_languagebind_into
-from lbcore.errors import AnchorError, CheckpointError, InputError, ModalityNotFoundError
-from lbcore.hub import checkpoint_folder, parse_hub_id
+from lbcore.errors import (
+    AnchorError,
+    CheckpointError,
+    InputError,
+    ModalityNotFoundError,
+    NonFiniteError,
+    check_finite,
+)
 from lbcore.lora import (
     LORA_A,
-    LORA_B,
     adapter_state,
     base_encoder_state,
     export_encoder_state,
     lora_layers,
-    merge_adapter,
     split_extras,
 )
 from lbcore.loss import LogitScale
 from lbcore.modality import Modality
 from lbcore.modelcard import write_model_card
+from lbcore.weights import (
+    base_reference,
+    check_finite_state,
+    check_shapes_before_building,
+    load_base,
+    load_encoder_weights,
+)
+
+__all__ = ["BindModel", "base_reference", "load", "load_base", "load_encoder_weights", "modality_of", "plugin_info"]
 
 log = logging.getLogger(__name__)
 
@@ -186,7 +198,24 @@ class BindModel(nn.Module):
             )
         if not items:
             raise InputError(None, "embed() got an empty list", "at least one input")
-        return mod.collate([mod.preprocess(item, train=False) for item in items])
+        samples = []
+        for item in items:
+            sample = mod.preprocess(item, train=False)
+            check_finite(sample, item if isinstance(item, (str, os.PathLike)) else None, f"{modality} input tensor")
+            samples.append(sample)
+        return mod.collate(samples)
+
+    def _embed_batch(self, modality: str, batch: torch.Tensor, first: int) -> torch.Tensor:
+        """:meth:`encode` of one batch, refusing NaN / infinite embeddings (rows numbered from ``first``)."""
+        out = self.encode(modality, batch.to(self.device))
+        bad = (~torch.isfinite(out).all(dim=-1)).nonzero().flatten().tolist()
+        if bad:
+            rows = ", ".join(str(first + r) for r in bad[:10]) + (" ..." if len(bad) > 10 else "")
+            raise NonFiniteError(
+                f"the {modality} encoder gave NaN or infinite embeddings for input(s) {rows}: its weights or "
+                "those inputs overflow (check the inputs' value range, or the checkpoint)"
+            )
+        return out
 
     @torch.no_grad()
     def embed(self, modality: str, inputs: Any, batch_size: int = 32) -> torch.Tensor:
@@ -200,13 +229,14 @@ class BindModel(nn.Module):
         self.eval()
         try:
             if isinstance(inputs, torch.Tensor):
+                check_finite(inputs, None, f"{modality} input batch")
                 batches = list(inputs.split(batch_size))
-                return torch.cat([self.encode(modality, b.to(self.device)) for b in batches])
+                return torch.cat([self._embed_batch(modality, b, i * batch_size) for i, b in enumerate(batches)])
             items = inputs if isinstance(inputs, list) else [inputs]
             out = []
             for start in range(0, len(items), batch_size):
                 batch = self.preprocess(modality, items[start : start + batch_size])
-                out.append(self.encode(modality, batch.to(self.device)))
+                out.append(self._embed_batch(modality, batch, start))
             if not out:
                 raise InputError(None, f"embed({mod.name!r}) got no inputs", "at least one input")
             return torch.cat(out)
@@ -351,6 +381,23 @@ class BindModel(nn.Module):
             raise CheckpointError("cannot save adapter weights: " + "; ".join(problems))
         return names
 
+    def _export(self, name: str, adapter: bool) -> tuple[dict[str, torch.Tensor], float | None]:
+        """The tensors a checkpoint stores for ``name`` (adapter + extras, or full merged weights) and the LoRA
+        scaling of an adapter; refuses NaN or infinite values, so no checkpoint is written with broken weights."""
+        encoder = _unwrap(self.encoders[name])
+        scaling = None
+        if adapter:
+            tensors, scaling = adapter_state(encoder, self.modalities[name].config.lora.trainable_extras)
+            state = {k: v.to("cpu").contiguous().clone() for k, v in tensors.items()}
+        else:
+            state = export_encoder_state(encoder)
+        check_finite_state(
+            {**state, "logit_scale": self.logit_scales[name].value.detach()},
+            f"cannot save the {name} encoder",
+            advice="training diverged; lower the learning rate or resume from an earlier checkpoint",
+        )
+        return state, scaling
+
     def write_files(
         self, directory: Path, extra: Mapping[str, Any] | None = None, *, adapter_only: bool | Collection[str] = False
     ) -> None:
@@ -363,13 +410,12 @@ class BindModel(nn.Module):
         adapters = self._adapter_modalities(adapter_only)
         bases = {name: self.verify_base(name) for name in adapters}  # every base checked before anything is written
         meta = self.describe(extra)
+        exported = {name: self._export(name, name in adapters) for name in meta["modalities"]}  # all checked first
         for name, spec in meta["modalities"].items():
-            encoder = _unwrap(self.encoders[name])
+            state, scaling = exported[name]
             if name in adapters:
                 lora = self.modalities[name].config.lora
                 digest, count = bases[name]
-                tensors, scaling = adapter_state(encoder, lora.trainable_extras)
-                state = {k: v.to("cpu").contiguous().clone() for k, v in tensors.items()}
                 spec["weights"] = "adapter"
                 spec["base"] = {"source": self.base_sources[name], "sha256": digest, "tensors": count}
                 spec["lora"] = {
@@ -379,8 +425,6 @@ class BindModel(nn.Module):
                     "scaling": scaling,
                     "layers": sum(k.endswith(LORA_A) for k in state),
                 }
-            else:
-                state = export_encoder_state(encoder)
             metadata = {"format": "pt", "modality": name, "weights": spec["weights"]}
             save_file(state, str(directory / spec["file"]), metadata=metadata)
         meta["format_version"] = ADAPTER_FORMAT_VERSION if adapters else FULL_FORMAT_VERSION
@@ -423,8 +467,6 @@ class BindModel(nn.Module):
         adapter merged in. ``base`` replaces recorded base sources by modality (e.g. ``{"depth": "clip:/new/path"}``
         when the base weights moved); the hash must still match.
         """
-        from lbcore.plugins import default_registry
-
         directory = resolve_checkpoint_dir(directory)  # a run folder or hf://org/name[@rev]
         meta = read_meta(directory)
         anchor = meta["anchor"]
@@ -440,35 +482,48 @@ class BindModel(nn.Module):
         encoders: dict[str, nn.Module] = {}
         scales: dict[str, float] = {}
         for name, spec in meta["modalities"].items():
-            try:
-                reg = default_registry().registered(name)
-            except ModalityNotFoundError as err:
-                raise ModalityNotFoundError(
-                    f"{directory}: the checkpoint needs modality {name!r} from plugin "
-                    f"{spec.get('distribution') or spec.get('plugin') or spec.get('module')!r}: {err}"
-                ) from err
-            if spec.get("version") and reg.plugin.version and spec["version"] != reg.plugin.version:
-                log.warning(
-                    "%s: %s was saved with plugin %s %s; %s is installed",
-                    directory,
-                    name,
-                    spec.get("plugin"),
-                    spec["version"],
-                    reg.plugin.version,
-                )
-            config = validate_model(
-                reg.cls.Config, spec.get("config", {}), ("modalities", name, "config"), str(directory)
-            )
-            modality = reg.cls(config)
-            encoder = modality.build_encoder(embed_dim)
-            load_encoder_weights(directory, spec, encoder, modality, base_overrides=base)
-            modalities[name] = modality
-            encoders[name] = encoder
-            scales[name] = float(spec.get("logit_scale", LogitScale().value.item()))
-        model = cls(
-            anchor_cfg, encoders, modalities, scales, anchor_fingerprint=anchor.get("fingerprint"), embed_dim=embed_dim
-        )
+            modalities[name], encoders[name], scales[name] = _load_modality(directory, name, spec, embed_dim, base)
+        fingerprint = anchor.get("fingerprint")
+        if fingerprint is not None and not isinstance(fingerprint, str):
+            raise CheckpointError(f"{directory / META_FILE}: anchor.fingerprint must be a string, got {fingerprint!r}")
+        model = cls(anchor_cfg, encoders, modalities, scales, anchor_fingerprint=fingerprint, embed_dim=embed_dim)
         return model.to(map_location).eval()
+
+
+def _load_modality(
+    directory: Path, name: str, spec: Mapping[str, Any], embed_dim: int, base: Mapping[str, str] | None
+) -> tuple[Modality, nn.Module, float]:
+    """(modality, encoder with its weights, logit scale) of one ``lbind.json`` entry, through its installed plugin."""
+    from lbcore.plugins import default_registry
+
+    where = f"{directory / META_FILE}: modalities.{name}"
+    try:
+        reg = default_registry().registered(name)
+    except ModalityNotFoundError as err:
+        raise ModalityNotFoundError(
+            f"{directory}: the checkpoint needs modality {name!r} from plugin "
+            f"{spec.get('distribution') or spec.get('plugin') or spec.get('module')!r}: {err}"
+        ) from err
+    if spec.get("version") and reg.plugin.version and spec["version"] != reg.plugin.version:
+        log.warning(
+            "%s: %s was saved with plugin %s %s; %s is installed",
+            directory,
+            name,
+            spec.get("plugin"),
+            spec["version"],
+            reg.plugin.version,
+        )
+    scale = spec.get("logit_scale", LogitScale().value.item())
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale):
+        raise CheckpointError(f"{where}.logit_scale is {scale!r}; expected a finite number (log inverse temperature)")
+    config = validate_model(
+        reg.cls.Config, spec.get("config", {}), ("modalities", name, "config"), str(directory / META_FILE)
+    )
+    modality = reg.cls(config)
+    check_shapes_before_building(lambda: modality.build_encoder(embed_dim), directory, spec, name)
+    encoder = modality.build_encoder(embed_dim)
+    load_encoder_weights(directory, spec, encoder, modality, base_overrides=base)
+    return modality, encoder, float(scale)
 
 
 def _unwrap(module: nn.Module) -> nn.Module:
@@ -491,119 +546,3 @@ def load(
     (its ``final/`` checkpoint, else its newest step checkpoint; see :func:`lbcore.checkpoint.resolve_checkpoint_dir`).
     ``base``: see :meth:`BindModel.from_pretrained`."""
     return BindModel.from_pretrained(directory, map_location=map_location, base=base)
-
-
-# ------------------------------------------------------------------------------------------- weights
-BASE_KINDS = ("clip", "languagebind", "lbind")
-
-
-def base_reference(init: str | None) -> str | None:
-    """The base reference an adapter-only checkpoint records for an encoder initialised from ``init`` (the
-    trainer's ``init`` spec): ``clip:``, ``languagebind:`` or ``lbind:`` with the path made absolute, or a
-    hub id as ``hf://org/name``; None for ``scratch`` and for sources :func:`load_base` cannot load back."""
-    if not init or init == "scratch":
-        return None
-    kind, sep, rest = init.partition(":")
-    if not sep or not rest or kind not in BASE_KINDS:
-        return None
-    hub = parse_hub_id(rest, bare=kind != "lbind" and not Path(rest).expanduser().exists())
-    return f"{kind}:{hub or Path(rest).expanduser().resolve()}"
-
-
-def load_base(encoder: nn.Module, source: str, modality: Modality, *, seen: frozenset[Path] = frozenset()) -> None:
-    """Load the base weights ``source`` names into ``encoder`` (built by ``modality``).
-
-    ``clip:PATH``: a transformers CLIP vision checkpoint (:func:`lbcore.convert.load_clip_vision_into`: position
-    embedding resized to the encoder's grid, video's temporal parts copied from the spatial ones);
-    ``languagebind:PATH``: a released LanguageBind checkpoint of this modality, its LoRA merged
-    (:func:`lbcore.convert.load_languagebind_into`); ``lbind:DIR``: this modality's weights in another lbind
-    checkpoint (full, or itself an adapter on a base). PATH may be a hub id (:mod:`lbcore.hub`). Raises
-    :class:`CheckpointError` naming the source.
-    """
-    kind, sep, rest = source.partition(":")
-    if not sep or not rest or kind not in BASE_KINDS:
-        raise CheckpointError(f"base source {source!r}: expected one of {', '.join(k + ':PATH' for k in BASE_KINDS)}")
-    if kind == "clip":
-        for line in load_clip_vision_into(encoder, rest):  # a str: the loader resolves hub ids
-            log.debug("%s base %s: %s", modality.name, source, line)
-        return
-    if kind == "languagebind":
-        load_languagebind_into(encoder, modality, rest)
-        return
-    directory = checkpoint_folder(rest).resolve()
-    if directory in seen:
-        raise CheckpointError(f"{directory}: base checkpoints refer to each other in a cycle")
-    meta = read_meta(directory)
-    spec = meta["modalities"].get(modality.name)
-    if not isinstance(spec, dict):
-        raise CheckpointError(
-            f"{directory}: holds no {modality.name!r} weights to use as a base (it has: "
-            f"{', '.join(sorted(meta['modalities'])) or 'none'})"
-        )
-    load_encoder_weights(directory, spec, encoder, modality, seen=seen | {directory})
-
-
-def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    try:
-        return load_file(str(path), device="cpu")
-    except (OSError, SafetensorError) as err:
-        raise CheckpointError(f"{path}: cannot read encoder weights: {err}") from err
-
-
-def load_encoder_weights(
-    directory: Path,
-    spec: Mapping[str, Any],
-    encoder: nn.Module,
-    modality: Modality,
-    *,
-    base_overrides: Mapping[str, str] | None = None,
-    seen: frozenset[Path] = frozenset(),
-) -> None:
-    """Fill ``encoder`` (built by ``modality``) with that modality's weights in the checkpoint ``directory``
-    (``spec``: its ``lbind.json`` entry): full weights as they are, adapter weights merged onto their verified
-    base. ``base_overrides`` replace recorded base sources by modality name."""
-    name = modality.name
-    kind = spec.get("weights", "full")
-    file = spec.get("file")
-    if isinstance(kind, str) and kind.endswith(".safetensors"):  # first format: "weights" named the file
-        file, kind = kind, "full"
-    path = directory / str(file or f"{name}.safetensors")
-    where = f"{directory / META_FILE}: modalities.{name}"
-    if kind not in ("full", "adapter"):
-        raise CheckpointError(f"{where}.weights is {kind!r}; expected 'full' or 'adapter'")
-    state = _read_tensors(path)
-    if kind == "full":
-        result = encoder.load_state_dict(state, strict=False)
-        if result.missing_keys or result.unexpected_keys:
-            raise CheckpointError(
-                f"{path}: does not fit the {name} encoder built from the saved config: "
-                f"missing {result.missing_keys or 'none'}, unexpected {result.unexpected_keys or 'none'}"
-            )
-        return
-    ref = spec.get("base")
-    scaling = (spec.get("lora") or {}).get("scaling")
-    if not isinstance(ref, dict) or not isinstance(ref.get("source"), str) or not isinstance(ref.get("sha256"), str):
-        raise CheckpointError(f"{where}.base: expected {{source, sha256}} naming the weights the adapter applies to")
-    if not isinstance(scaling, (int, float)) or isinstance(scaling, bool):
-        raise CheckpointError(f"{where}.lora.scaling: expected the number the LoRA update is scaled by")
-    source = (base_overrides or {}).get(name) or ref["source"]
-    try:
-        load_base(encoder, source, modality, seen=seen | {directory.resolve()})
-    except CheckpointError as err:
-        raise CheckpointError(
-            f"{path}: the {name} adapter needs its base weights {source}, which cannot be loaded: {err}. If they "
-            f"moved, pass base={{{name!r}: '<clip:|lbind:>NEW_PATH'}} to lbcore.load / from_pretrained"
-        ) from err
-    base = base_encoder_state(encoder)
-    extras = [k for k in state if not k.endswith((LORA_A, LORA_B))]
-    digest = state_sha256({k: v for k, v in base.items() if k not in set(extras)})
-    if digest != ref["sha256"]:
-        raise CheckpointError(
-            f"{path}: the {name} adapter was trained on base weights with sha256 {ref['sha256']}, but {source} "
-            f"holds weights with sha256 {digest}: a different model (or another version of it); give the base "
-            f"the adapter was trained on"
-        )
-    encoder.load_state_dict(merge_adapter(base, state, float(scaling), str(path)), strict=True)

@@ -102,6 +102,14 @@ class TrainConfig(StrictModel):
         None, description="Recompute activations in the backward pass (default: each encoder config's setting)."
     )
     max_grad_norm: float | None = Field(1.0, gt=0, description="Clip the global gradient norm (null: no clipping).")
+    max_nonfinite_steps: int = Field(
+        3,
+        ge=0,
+        description=(
+            "Optimiser steps in a row whose loss or gradient norm is NaN or infinite that are skipped (no update, "
+            "weights untouched) before the run stops with an error naming the step and modality; 0: stop at the first."
+        ),
+    )
     error_budget: float = Field(
         0.01,
         ge=0,
@@ -163,12 +171,29 @@ class TrainPlan:
             "threads": self.threads.model_dump(mode="json"),
         }
 
+    def hparams(self) -> dict[str, Any]:
+        """Scalar hyper-parameters (for TensorBoard): nested keys joined with '/', other values as strings."""
+        out: dict[str, Any] = {}
+
+        def walk(prefix: str, value: Any) -> None:
+            if isinstance(value, dict):
+                for k, v in value.items():
+                    walk(f"{prefix}/{k}" if prefix else str(k), v)
+            elif isinstance(value, (int, float, str, bool)):
+                out[prefix] = value
+            elif value is not None:
+                out[prefix] = str(value)
+
+        walk("", self.to_dict())
+        return out
+
 
 def resolve_config(config: TrainPlan | Mapping[str, Any] | str | Path, source: str = "") -> TrainPlan:
     """Validate a run config (a YAML path or a mapping with ``anchor``, ``modalities`` and ``train`` sections).
 
     A modality entry without a ``preset`` and without a manifest in ``train.data`` uses the ``demo`` preset
-    (the embedded default: it trains on the plugin's demo dataset). Errors name the exact field path.
+    (the embedded default: it trains on the plugin's demo dataset). Errors name the exact field path, and every
+    bad field of every section is reported at once (one :class:`ConfigError`, one line per problem).
     """
     if isinstance(config, TrainPlan):
         return config
@@ -179,55 +204,104 @@ def resolve_config(config: TrainPlan | Mapping[str, Any] | str | Path, source: s
         data = dict(config)
     else:
         raise ConfigError(f"expected a run config mapping or a YAML path, got {type(config).__name__}")
-    train_cfg = validate_model(TrainConfig, data.pop("train", None) or {}, prefix=("train",), source=source)
-    threads = validate_model(ThreadsConfig, data.pop("threads", None) or {}, prefix=("threads",), source=source)
-    modalities = {}
-    for name, spec in (data.get("modalities") or {}).items():
+    where = f"{source}: " if source else ""
+    problems: list[str] = []
+    train_raw = data.pop("train", None) or {}
+    train_cfg = _attempt(problems, validate_model, TrainConfig, train_raw, prefix=("train",), source=source)
+    threads_raw = data.pop("threads", None) or {}
+    threads = _attempt(problems, validate_model, ThreadsConfig, threads_raw, prefix=("threads",), source=source)
+    raw_modalities = data.get("modalities") or {}
+    if not isinstance(raw_modalities, Mapping):
+        raise ConfigError(
+            f"{where}modalities: expected a mapping of modality names, got {type(raw_modalities).__name__}"
+        )
+    manifests = train_cfg.data if train_cfg is not None else _mapping_or_empty(_mapping_or_empty(train_raw).get("data"))
+    modalities: dict[str, Any] = {}
+    for name, spec in raw_modalities.items():
+        if spec is not None and not isinstance(spec, Mapping):
+            modalities[name] = spec  # reported by validate_run_config with its path
+            continue
         spec = dict(spec or {})
-        if "preset" not in spec and name not in train_cfg.data:
+        if "preset" not in spec and name not in manifests:
             spec["preset"] = "demo"
         modalities[name] = spec
     data["modalities"] = modalities
     if not modalities:
-        where = f"{source}: " if source else ""
-        raise ConfigError(f"{where}modalities: no modality to train; pass --modality NAME or list modalities")
-    per_modality = {"data": train_cfg.data, "init": train_cfg.init if isinstance(train_cfg.init, dict) else {}}
-    for key, mapping in per_modality.items():
-        unknown = sorted(set(mapping) - set(modalities))
-        if unknown:
-            raise ConfigError(
-                f"{source + ': ' if source else ''}train.{key}: given for {', '.join(unknown)}, which the run does "
-                f"not train (modalities: {', '.join(modalities)})"
-            )
-    run, configs = validate_run_config(data, source=source)
+        problems.append(f"{where}modalities: no modality to train; pass --modality NAME or list modalities")
+    if train_cfg is not None:
+        per_modality = {"data": train_cfg.data, "init": train_cfg.init if isinstance(train_cfg.init, dict) else {}}
+        for key, mapping in per_modality.items():
+            unknown = sorted(set(mapping) - set(modalities))
+            if unknown and modalities:
+                problems.append(
+                    f"{where}train.{key}: given for {', '.join(unknown)}, which the run does not train "
+                    f"(modalities: {', '.join(modalities)})"
+                )
+    checked = _attempt(problems, validate_run_config, data, source=source)
+    if problems or checked is None or train_cfg is None or threads is None:
+        raise ConfigError("\n".join(problems))
+    run, configs = checked
     return TrainPlan(run.anchor, configs, train_cfg, threads)
+
+
+def _attempt(problems: list[str], check: Any, *args: Any, **kwargs: Any) -> Any:
+    """``check(*args, **kwargs)``, or None with its :class:`ConfigError` appended to ``problems``."""
+    try:
+        return check(*args, **kwargs)
+    except ConfigError as err:
+        problems.append(str(err))
+        return None
+
+
+def _mapping_or_empty(value: Any) -> Mapping[str, Any]:
+    return value if isinstance(value, Mapping) else {}
+
+
+def modality_config(name: str, spec: Mapping[str, Any], source: str = "") -> ModalityConfig:
+    """One run-config modality entry (``{preset: NAME, ...overrides}``) validated against its plugin's config
+    model, preset merged with overrides, plus the plugin's own cross-field rules
+    (:meth:`~lbcore.modality.Modality.config_problems`). Errors name the exact field path."""
+    where = f"{source}: " if source else ""
+    spec = dict(spec)
+    preset = spec.pop("preset", None)
+    cls = default_registry().registered(name).cls
+    if preset is not None and not isinstance(preset, str):
+        raise ConfigError(f"{where}modalities.{name}.preset: expected a preset name, got {preset!r}")
+    base = cls.presets.get(preset or cls.default_preset)
+    if base is None:
+        raise ConfigError(
+            f"{where}modalities.{name}.preset: unknown preset {preset!r}; available: {', '.join(sorted(cls.presets))}"
+        )
+    config = validate_model(cls.Config, deep_merge(base, spec), prefix=("modalities", name), source=source)
+    problems = cls.config_problems(config)
+    if problems:
+        raise ConfigError("\n".join(f"{where}modalities.{name}: {p}" for p in problems))
+    return config
 
 
 def validate_run_config(data: Any, source: str = "") -> tuple[RunConfig, dict[str, ModalityConfig]]:
     """Validate a run config mapping in two steps: the top level, then each modality entry against its
-    plugin's config model (preset merged with overrides). Errors name the exact field path."""
-    run = validate_model(RunConfig, data, source=source)
-    if run.train:
-        validate_model(TrainConfig, run.train, prefix=("train",), source=source)
+    plugin's config model (preset merged with overrides). Errors name the exact field path; every bad field of
+    every section is reported in one :class:`ConfigError` (one line per problem)."""
+    where = f"{source}: " if source else ""
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{where}expected a mapping at the top level, got {type(data).__name__}")
+    problems: list[str] = []
+    run = _attempt(problems, validate_model, RunConfig, data, source=source)
+    train = data.get("train")
+    if isinstance(train, Mapping) and train:
+        _attempt(problems, validate_model, TrainConfig, train, prefix=("train",), source=source)
+    specs = data.get("modalities")
     modality_configs: dict[str, ModalityConfig] = {}
-    problems = []
-    for name, spec in run.modalities.items():
-        spec = dict(spec)
-        preset = spec.pop("preset", None)
-        try:
-            cls = default_registry().registered(name).cls
-            base = cls.presets.get(preset or cls.default_preset)
-            if base is None:
-                raise ConfigError(
-                    f"{source + ': ' if source else ''}modalities.{name}.preset: unknown preset {preset!r}; "
-                    f"available: {', '.join(sorted(cls.presets))}"
-                )
-            modality_configs[name] = validate_model(
-                cls.Config, deep_merge(base, spec), prefix=("modalities", name), source=source
-            )
-        except ConfigError as err:
-            problems.append(str(err))
-    if problems:
+    for name, spec in (specs if isinstance(specs, Mapping) else {}).items():
+        if not isinstance(spec, Mapping):
+            if run is not None:  # RunConfig reported it otherwise
+                problems.append(f"{where}modalities.{name}: expected a mapping, got {type(spec).__name__}")
+            continue
+        config = _attempt(problems, modality_config, str(name), spec, source=source)
+        if config is not None:
+            modality_configs[str(name)] = config
+    if problems or run is None:
         raise ConfigError("\n".join(problems))
     return run, modality_configs
 

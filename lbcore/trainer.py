@@ -30,14 +30,14 @@ from torch import nn
 from lbcore import traindata
 from lbcore.checkpoint import FINAL_NAME, find_latest, step_dir_name, write_json
 from lbcore.data import Batch, ErrorBudget
-from lbcore.engine import ContrastiveEngine, StepResult
+from lbcore.engine import ContrastiveEngine, NonFiniteBudget, StepResult
 from lbcore.errors import ConfigError
 from lbcore.lora import apply_lora
 from lbcore.modality import Modality
 from lbcore.model import BindModel
 from lbcore.optim import build_optimizer, build_scheduler
 from lbcore.runconfig import TrainPlan, resolve_config
-from lbcore.runstate import adapter_modalities, open_metrics, restore_checkpoint, save_checkpoint
+from lbcore.runstate import adapter_modalities, open_metrics, restore_latest, save_checkpoint
 from lbcore.samples import derive_seed
 from lbcore.traindata import build_loaders, caption_tables, open_datasets, steps_per_epoch
 
@@ -284,6 +284,7 @@ class Trainer:
             self.accelerator,
             self.output / name,
             model=self.model,
+            optimizer=self.engine.optimizer,
             scheduler=self.scheduler,
             extra=extra,
             progress=lambda: self._progress_state(step),
@@ -294,19 +295,20 @@ class Trainer:
         return target
 
     def _resume(self) -> int:
-        latest = find_latest(self.output)
-        if latest is None:
-            log.info("resume: no checkpoint in %s; starting from scratch", self.output)
-            return 0
-        progress = restore_checkpoint(
+        restored = restore_latest(
             self.accelerator,
-            latest,
+            self.output,
             model=self.model,
+            optimizer=self.engine.optimizer,
             scheduler=self.scheduler,
             anchor_fingerprint=self.anchor_fingerprint,
             steps_per_epoch=self.steps_per_epoch,
             total_steps=self.total_steps,
         )
+        if restored is None:
+            log.info("resume: no checkpoint in %s; starting from scratch", self.output)
+            return 0
+        latest, progress = restored
         for name, failures in progress.get("failures", {}).items():
             if name in self.budgets:
                 self.budgets[name].failures.update(failures)
@@ -323,10 +325,11 @@ class Trainer:
         acc = self.accelerator
         self.samples_seen = 0
         self.elapsed_before = 0.0
+        self.nonfinite = NonFiniteBudget(self.cfg.max_nonfinite_steps)
         self.started = time.perf_counter()
         start_step = self._resume() if self.cfg.resume else 0
         if self.cfg.tensorboard:
-            acc.init_trackers("lbind", config=_flat_hparams(self.plan))
+            acc.init_trackers("lbind", config=self.plan.hparams())
         final = self.output / FINAL_NAME
         metrics_handle = open_metrics(self.output, start_step) if acc.is_main_process else None
         try:
@@ -396,6 +399,7 @@ class Trainer:
                 self._account_failures(micro, step)
                 result = self.engine.step(micro, step)
                 step += 1
+                self.nonfinite.record(result, step, log_it=acc.is_main_process)
                 now = time.perf_counter()
                 samples = sum(result.samples.values())
                 self.samples_seen += samples
@@ -432,6 +436,7 @@ class Trainer:
         if result.grad_norm is not None:
             record["grad_norm"] = result.grad_norm
         record["skipped"] = sum(len(b.failures) for b in self.budgets.values())
+        record["nonfinite_steps"] = self.nonfinite.total
         return record
 
     def _log_window(self, window: list[dict[str, float]], step: int) -> None:
@@ -469,23 +474,6 @@ class Trainer:
             "skipped_files": {n: b.failures for n, b in self.budgets.items()},
             "processes": self.accelerator.num_processes,
         }
-
-
-def _flat_hparams(plan: TrainPlan) -> dict[str, Any]:
-    """Scalar hyper-parameters for TensorBoard (nested keys joined with '/')."""
-    out: dict[str, Any] = {}
-
-    def walk(prefix: str, value: Any) -> None:
-        if isinstance(value, dict):
-            for k, v in value.items():
-                walk(f"{prefix}/{k}" if prefix else str(k), v)
-        elif isinstance(value, (int, float, str, bool)):
-            out[prefix] = value
-        elif value is not None:
-            out[prefix] = str(value)
-
-    walk("", plan.to_dict())
-    return out
 
 
 def train(

@@ -268,10 +268,11 @@ def test_cli_eval_writes_a_result_card_with_hashes_a_table_and_a_plot(
     run_cli(["eval", "-c", str(ckpt), "--data", str(manifest), "-o", str(card_path), "--num-workers", "0"])
     card = json.loads(card_path.read_text())
     weights = ckpt / "vec.safetensors"
-    # the checkpoint hash is defined over "<name>\0<sha256>\n" lines of its safetensors files
-    expected = hashlib.sha256(f"vec.safetensors\0{sha256_file(weights)}\n".encode()).hexdigest()
-    assert card["checkpoint"]["sha256"] == expected
-    assert card["checkpoint"]["files"] == {"vec.safetensors": sha256_file(weights)}
+    # the checkpoint hash is defined over "<name>\0<sha256>\n" lines of its safetensors files, then lbind.json
+    meta_sha = sha256_file(ckpt / "lbind.json")
+    expected = hashlib.sha256(f"vec.safetensors\0{sha256_file(weights)}\nlbind.json\0{meta_sha}\n".encode())
+    assert card["checkpoint"]["sha256"] == expected.hexdigest()
+    assert card["checkpoint"]["files"] == {"vec.safetensors": sha256_file(weights), "lbind.json": meta_sha}
     assert card["anchor"]["fingerprint"] == fp
     assert card["lbind_version"] and card["time_s"] > 0
     assert card["task"] == "classification" and card["modality"] == "vec"

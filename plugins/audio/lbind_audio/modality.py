@@ -18,6 +18,7 @@ import torch
 from pydantic import Field, model_validator
 
 from lbcore.config import ModalityConfig
+from lbcore.errors import check_finite
 from lbcore.modality import Modality
 from lbcore.nn import PatchStem2d
 from lbcore.release import ReleaseLayout, vision_count
@@ -128,8 +129,9 @@ class AudioModality(Modality):
     def preprocess(self, item: Any, train: bool = False) -> torch.Tensor:
         """Audio -> ``[3, mel_bins, target_length]`` float32; deterministic unless ``train``."""
         cfg = self.config
+        source = str(item) if isinstance(item, (str, os.PathLike)) else None
         wave = load_waveform(item, cfg.sample_rate, cfg.channels)  # [samples] at cfg.sample_rate
-        return log_mel_chunks(
+        features = log_mel_chunks(
             wave,
             cfg.sample_rate,
             cfg.mel_bins,
@@ -137,8 +139,11 @@ class AudioModality(Modality):
             cfg.mean,
             cfg.std,
             train=train,
-            source=str(item) if isinstance(item, (str, os.PathLike)) else None,
+            source=source,
         )
+        # Finite samples can still overflow the filterbank's power (samples near 1e20 square to infinity).
+        check_finite(features, source, "log-mel features (the samples overflow float32 power)")
+        return features
 
     def example_input(self, seed: int = 0) -> np.ndarray:
         """Two seconds of a random tone plus a little noise, at ``config.sample_rate``."""

@@ -29,7 +29,7 @@ import soundfile as sf
 import torch
 import torchaudio.functional as AF
 
-from lbcore.errors import InputError
+from lbcore.errors import InputError, check_media_file
 
 log = logging.getLogger(__name__)
 
@@ -105,12 +105,8 @@ def read_audio_file(path: str | os.PathLike) -> tuple[np.ndarray, int]:
     than its header declares is rejected rather than silently read in part.
     """
     path = Path(path)
-    if not path.is_file():
-        raise InputError(path, "no such file" if not path.exists() else "not a regular file", _DECODABLE)
+    size = check_media_file(path, _DECODABLE)  # missing, empty, a folder, a broken link or a link loop
     try:
-        size = path.stat().st_size
-        if size == 0:
-            raise InputError(path, "the file is empty (0 bytes)", _DECODABLE)
         with sf.SoundFile(path) as f:
             fmt = f.format
             frames = f.read(dtype="float32", always_2d=True)  # [samples, channels]
