@@ -179,6 +179,10 @@ class RunConfig(StrictModel):
         default_factory=dict,
         description="Training-loop settings (see lbcore.runconfig.TrainConfig: output_dir, data, max_steps, ...).",
     )
+    threads: dict[str, Any] = Field(
+        default_factory=dict,
+        description="CPU threads and DataLoader workers (see lbcore.threads.ThreadsConfig); unset: chosen per machine.",
+    )
 
 
 def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:

@@ -6,8 +6,12 @@ global batch with the modality's own learnable temperature. With ``grad_accum > 
 the whole global batch: features of all micro-batches are first computed without gradients, the loss's gradient
 with respect to them is taken once, and each micro-batch is then re-encoded with gradients and back-propagated
 with its slice of that gradient (the "gradient cache" trick). N micro-batches of b therefore give the gradients
-of one batch of N * b, negatives included. Token masking draws from a seed of (seed, step, modality, micro-batch,
-process), so the cached and the gradient pass mask alike and a resumed run masks as an uninterrupted one did.
+of one batch of N * b, negatives included. With ``local_loss``, each process builds only its own ``[b, N]``
+logits both ways (:func:`lbcore.loss.local_contrastive_loss`); averaged over processes the loss and gradients
+are the global loss's. Caption embeddings stay on the host: each micro-batch gathers only its rows (pinned,
+copied without blocking), so device memory does not grow with the number of captions. Token masking draws from
+a seed of (seed, step, modality, micro-batch, process), so the cached and the gradient pass mask alike and a
+resumed run masks as an uninterrupted one did.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ import torch.nn.functional as F
 
 from lbcore.data import Batch
 from lbcore.errors import NonFiniteError
-from lbcore.loss import contrastive_loss, gather_with_grad
+from lbcore.loss import contrastive_loss, gather_with_grad, local_contrastive_loss
 from lbcore.samples import derive_seed
 
 if TYPE_CHECKING:
@@ -32,7 +36,20 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ContrastiveEngine", "NonFiniteBudget", "StepResult", "gather_rows"]
+__all__ = ["CaptionRows", "ContrastiveEngine", "NonFiniteBudget", "StepResult", "gather_rows", "host_rows"]
+
+CaptionRows = Any
+"""Caption embeddings a batch's caption ids index: a :class:`lbcore.textstore.CaptionTable` (memory-mapped,
+``gather(ids, pin_memory)``) or a tensor [C, E] (kept where it is given)."""
+
+
+def host_rows(table: CaptionRows, ids: torch.Tensor, pin_memory: bool = False) -> torch.Tensor:
+    """Rows ``ids`` [b] of ``table`` -> float32 [b, E], read where the table lives (pinned when asked and the
+    table is on the host)."""
+    if not isinstance(table, torch.Tensor):
+        return table.gather(ids, pin_memory=pin_memory)
+    rows = table.index_select(0, ids.to(table.device)).float()
+    return rows.pin_memory() if pin_memory and rows.device.type == "cpu" else rows
 
 
 def gather_rows(x: torch.Tensor, sizes: Sequence[int]) -> torch.Tensor:
@@ -104,8 +121,9 @@ class ContrastiveEngine:
     """Forward, backward and optimiser step of the contrastive objective, for one or more modalities.
 
     ``model``'s encoders (and ``optimizer``) are prepared with ``accelerator`` (device placement, DDP across
-    processes, mixed precision). ``text_tables[m]`` holds the caption embeddings [C, E] of modality ``m``;
-    batches refer to them by caption id, so the anchor is never needed here.
+    processes, mixed precision). ``text_tables[m]`` holds the caption embeddings of modality ``m``
+    (:data:`CaptionRows`, left on the host); batches refer to them by caption id, so the anchor is never needed
+    here. ``local_loss``: each process takes its share of the loss from ``[b, N]`` logits (see the module).
     """
 
     def __init__(
@@ -117,6 +135,7 @@ class ContrastiveEngine:
         scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
         seed: int = 0,
         max_grad_norm: float | None = None,
+        local_loss: bool = False,
     ) -> None:
         self.accelerator = accelerator
         self.model = model
@@ -130,7 +149,9 @@ class ContrastiveEngine:
         self.optimizer = prepared[-1] if optimizer is not None else None
         self.scheduler = scheduler
         model.logit_scales.to(accelerator.device)
-        self.text_tables = {k: v.to(accelerator.device, torch.float32) for k, v in text_tables.items()}
+        self.text_tables = dict(text_tables)  # never moved: a step copies only its batch's rows to the device
+        self.pin = accelerator.device.type == "cuda"
+        self.local_loss = local_loss
         self.seed = seed
         self.max_grad_norm = max_grad_norm
         self.world = accelerator.num_processes
@@ -156,9 +177,23 @@ class ContrastiveEngine:
             out = self.encoders[name](x)  # [b, E]
         return F.normalize(out.float(), dim=-1)
 
+    def _texts(self, name: str, batch: Batch) -> torch.Tensor:
+        rows = host_rows(self.text_tables[name], batch.caption_ids, pin_memory=self.pin)  # [b, E]
+        return rows.to(self.accelerator.device, torch.float32, non_blocking=True)
+
     def _loss(self, name: str, feats: torch.Tensor, texts: torch.Tensor, sizes: Sequence[int]) -> torch.Tensor:
         scale = self.model.logit_scales[name].value
+        if self.local_loss and self.world > 1:
+            offset = sum(sizes[: self.accelerator.process_index])
+            all_feats, all_texts = gather_rows(feats, sizes), gather_rows(texts, sizes)
+            return local_contrastive_loss(feats, texts, all_feats, all_texts, offset, scale, self.world)
         return contrastive_loss(gather_rows(feats, sizes), gather_rows(texts, sizes), scale, gather=False)
+
+    def _logged(self, loss: torch.Tensor) -> float:
+        """The loss to report: a local loss is this process's share, so the mean over processes."""
+        if self.local_loss and self.world > 1:
+            return float(self.accelerator.reduce(loss.detach().clone(), reduction="mean"))
+        return float(loss.detach())
 
     def forward_backward(self, micro: Mapping[str, Sequence[Batch]], step: int) -> StepResult:
         """Accumulate the gradients of every modality's global-batch loss for the micro-batches of one step."""
@@ -175,8 +210,7 @@ class ContrastiveEngine:
                 result.losses[name] = float("nan")
                 result.skipped.append(name)
                 continue
-            table = self.text_tables[name]
-            texts = [table[b.caption_ids.to(table.device)] for b in batches]  # [b, E] each
+            texts = [self._texts(name, b) for b in batches]  # [b, E] each, only this batch's rows
             inputs = [b.inputs.to(acc.device, non_blocking=True) for b in batches]
             seeds = [derive_seed(self.seed, step, m_index, j, acc.process_index) for j in range(len(inputs))]
             encoder = self.encoders[name]
@@ -195,7 +229,7 @@ class ContrastiveEngine:
                     # DDP all-reduces on the last micro-batch only.
                     with acc.no_sync(encoder) if j < last else nullcontext():
                         self._encode(name, x, s).backward(g)
-            result.losses[name] = float(loss.detach())
+            result.losses[name] = self._logged(loss)
         return result
 
     def sync_gradients(self) -> None:

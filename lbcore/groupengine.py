@@ -61,11 +61,10 @@ class GroupedEngine(ContrastiveEngine):
                 log.warning("step %d: %s skipped: a process has no loadable sample in its batch", step, name)
                 result.losses[name] = float("nan")
                 continue
-            table = self.text_tables[name]
             parts[name] = _Part(
                 [b.inputs.to(acc.device, non_blocking=True) for b in batches],
                 [derive_seed(self.seed, step, m_index, j, acc.process_index) for j in range(len(batches))],
-                torch.cat([table[b.caption_ids.to(table.device)] for b in batches]),
+                torch.cat([self._texts(name, b) for b in batches]),  # [n, E], gathered from the host table
                 torch.cat([b.indices for b in batches]).to(acc.device),
                 sizes,
             )

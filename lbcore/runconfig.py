@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -28,7 +28,7 @@ from lbcore.config import (
 from lbcore.errors import ConfigError
 from lbcore.grouping import check_groups
 from lbcore.plugins import default_registry
-from lbcore.samples import default_workers
+from lbcore.threads import ThreadsConfig
 
 __all__ = [
     "INIT_KINDS",
@@ -88,8 +88,13 @@ class TrainConfig(StrictModel):
             "A mapping sets it per modality."
         ),
     )
-    num_workers: int = Field(
-        default_factory=default_workers, ge=0, description="DataLoader worker processes per training process."
+    num_workers: int | None = Field(
+        None,
+        ge=0,
+        description=(
+            "DataLoader worker processes per training process (null: the threads section's choice: "
+            "threads.workers, LBIND_NUM_WORKERS, else a share of the idle cores)."
+        ),
     )
     mixed_precision: Literal["auto", "no", "bf16", "fp16"] = Field(
         "auto", description="'auto': bf16 on GPUs that support it, fp16 on other GPUs, float32 on CPU."
@@ -137,6 +142,23 @@ class TrainConfig(StrictModel):
         True, description="Learned fusion: a linear map (initialised to identity) after the sum."
     )
     group_weight: float = Field(1.0, ge=0, description="Weight of each group's loss beside the modalities' own.")
+    local_loss: bool = Field(
+        False,
+        description=(
+            "Each process builds only its own rows of the logits ([b, world*b] both ways) instead of the global "
+            "[world*b, world*b]; the gradients are the global loss's, the logged loss its mean over processes."
+        ),
+    )
+    check_files: bool = Field(
+        True, description="Check that every manifest file exists before the first step (in parallel threads)."
+    )
+    manifest_cache: Path | None = Field(
+        None,
+        description=(
+            "Folder of the memory-mapped manifest indexes, built once per manifest version and shared by all "
+            "processes (default: <lbind cache>/manifests)."
+        ),
+    )
 
     @field_validator("init")
     @classmethod
@@ -150,17 +172,19 @@ class TrainConfig(StrictModel):
 
 @dataclass
 class TrainPlan:
-    """A validated run: anchor, each modality's full config, and the loop settings."""
+    """A validated run: anchor, each modality's full config, the loop settings and the CPU thread settings."""
 
     anchor: AnchorConfig
     modalities: dict[str, ModalityConfig]
     train: TrainConfig
+    threads: ThreadsConfig = field(default_factory=ThreadsConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "anchor": self.anchor.model_dump(mode="json"),
             "modalities": {n: c.model_dump(mode="json") for n, c in self.modalities.items()},
             "train": self.train.model_dump(mode="json"),
+            "threads": self.threads.model_dump(mode="json"),
         }
 
     def hparams(self) -> dict[str, Any]:
@@ -200,6 +224,8 @@ def resolve_config(config: TrainPlan | Mapping[str, Any] | str | Path, source: s
     problems: list[str] = []
     train_raw = data.pop("train", None) or {}
     train_cfg = _attempt(problems, validate_model, TrainConfig, train_raw, prefix=("train",), source=source)
+    threads_raw = data.pop("threads", None) or {}
+    threads = _attempt(problems, validate_model, ThreadsConfig, threads_raw, prefix=("threads",), source=source)
     raw_modalities = data.get("modalities") or {}
     if not isinstance(raw_modalities, Mapping):
         raise ConfigError(
@@ -229,10 +255,10 @@ def resolve_config(config: TrainPlan | Mapping[str, Any] | str | Path, source: s
                 )
         _attempt(problems, check_groups, train_cfg.groups, list(modalities))
     checked = _attempt(problems, validate_run_config, data, source=source)
-    if problems or checked is None or train_cfg is None:
+    if problems or checked is None or train_cfg is None or threads is None:
         raise ConfigError("\n".join(problems))
     run, configs = checked
-    return TrainPlan(run.anchor, configs, train_cfg)
+    return TrainPlan(run.anchor, configs, train_cfg, threads)
 
 
 def _attempt(problems: list[str], check: Any, *args: Any, **kwargs: Any) -> Any:

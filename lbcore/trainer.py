@@ -29,6 +29,7 @@ from accelerate import Accelerator
 from accelerate.utils import gather_object, is_tensorboard_available, set_seed
 from torch import nn
 
+from lbcore import traindata
 from lbcore.checkpoint import FINAL_NAME, find_latest, step_dir_name, write_json
 from lbcore.convert import load_clip_vision_into, load_languagebind_into
 from lbcore.data import Batch, ErrorBudget
@@ -131,7 +132,7 @@ class Trainer:
     def _setup_data(self) -> None:
         """Datasets, then every caption through the anchor's cache once (the anchor is released afterwards)."""
         acc = self.accelerator
-        self.modalities, self.manifests, self.datasets = open_datasets(self.plan, acc)
+        self.modalities, self.manifests, self.datasets = open_datasets(self.plan, acc, self.threads.workers)
         report = None
         if self.progress is not None:
             report = lambda done, total: self.progress(TrainEvent("captions", done, total))  # noqa: E731
@@ -205,7 +206,7 @@ class Trainer:
             seed=self.cfg.seed,
             grad_accum=self.cfg.grad_accum,
             steps=self.steps_per_epoch,
-            num_workers=self.cfg.num_workers,
+            num_workers=self.threads.workers,
         )
         self.budgets = {
             name: ErrorBudget(len(ds), self.cfg.error_budget, str(self.manifests[name]))
@@ -216,6 +217,7 @@ class Trainer:
         """Everything before the first step: accelerator, data and captions, model, schedule, engine, loaders."""
         self._setup_accelerator()
         acc = self.accelerator
+        self.threads = traindata.thread_policy(self.plan, acc)  # torch threads and loader workers for this machine
         latest = find_latest(self.output) if self.output.is_dir() else None
         if latest is not None and not self.cfg.resume:
             raise ConfigError(
@@ -237,6 +239,7 @@ class Trainer:
             scheduler=self.scheduler,
             seed=self.cfg.seed,
             max_grad_norm=self.cfg.max_grad_norm,
+            local_loss=self.cfg.local_loss,
         )
         self._setup_loaders()
 
@@ -380,13 +383,8 @@ class Trainer:
         tick = time.perf_counter()
         while step < self.total_steps:
             epoch, offset = divmod(step, self.steps_per_epoch)
-            iterators = {}
-            for name, loader in self.loaders.items():
-                self.samplers[name].set_epoch(epoch)
-                if offset:
-                    # Mid-epoch resume: skip the batches already trained on, without loading them.
-                    loader = acc.skip_first_batches(loader, offset * k)
-                iterators[name] = iter(loader)
+            # Mid-epoch resume: skip the batches already trained on, without decoding them.
+            iterators = traindata.epoch_iterators(self.loaders, self.samplers, epoch, offset * k, acc)
             for _ in range(offset, self.steps_per_epoch):
                 micro = draw_micro(iterators, k)  # per modality; a group's loader yields its members' batches
                 self._account_failures(micro, step)

@@ -91,6 +91,17 @@ COMMANDS: dict[str, CommandEntry] = {
         "model card (README.md: metadata, modalities, anchor, training config, the metrics of its result cards, "
         "how to load it).",
     ),
+    "cache-text": CommandEntry(
+        "lbcore.cli.cachetext",
+        "cache_text",
+        "Encode every caption of MANIFEST... missing from the caption store, so that training only maps it.",
+    ),
+    "shard": CommandEntry(
+        "lbcore.cli.shard",
+        "shard",
+        "Write the rows of MANIFEST (JSONL/CSV, plain or paired) as WebDataset shards in OUTPUT, with shards.json "
+        'and the caption table; train on them with --data "OUTPUT/shard-{000000..NNNNNN}.tar".',
+    ),
     "new-modality": CommandEntry(
         "lbcore.cli.scaffold",
         "new_modality",

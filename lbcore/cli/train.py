@@ -21,7 +21,8 @@ from lbcore.trainer import train as run_training
     "--data",
     "data",
     multiple=True,
-    help="Training manifest (JSONL/CSV): MODALITY=PATH, or one paired manifest for all.",
+    help='Training manifest (JSONL/CSV) or shards ("DIR/shard-{000000..000099}.tar"): MODALITY=PATH, or one paired '
+    "manifest for all.",
 )
 @click.option("--output", "-o", type=click.Path(file_okay=False), help="Run folder (default runs/<modalities>).")
 @click.option("--max-steps", type=int, help="Stop after N optimiser steps.")
@@ -35,6 +36,7 @@ from lbcore.trainer import train as run_training
 @click.option("--resume", is_flag=True, help="Continue from the newest checkpoint in the run folder.")
 @click.option("--init", "init", help="Encoder initialisation: scratch, clip:PATH or languagebind:PATH.")
 @click.option("--num-workers", type=int, help="DataLoader workers per process.")
+@click.option("--local-loss", is_flag=True, default=None, help="Each process builds only its rows of the logits.")
 @click.option("--mixed-precision", type=click.Choice(["auto", "no", "bf16", "fp16"]), help="Autocast precision.")
 @click.option("--tensorboard", is_flag=True, default=None, help="Log TensorBoard scalars in the run folder.")
 @click.option(
