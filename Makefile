@@ -6,7 +6,7 @@ PLUGINS := video audio depth infrared image
 STAMP := $(VENV)/.lbind-installed
 PLUGIN_PROJECTS := $(foreach p,$(PLUGINS),plugins/$(p)/pyproject.toml)
 
-.PHONY: install demo test lint format clean
+.PHONY: install demo test test-fast lint format clean
 
 install: $(STAMP)
 
@@ -21,7 +21,13 @@ demo: install
 
 test: install
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest -n 2 -q
+
+# Everything but the tests marked slow (subprocesses, end-to-end runs, installs): under 2 minutes on 2 cores.
+test-fast: install
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest -n 2 -q -m "not slow"
 
 lint: install
 	$(BIN)/ruff check .

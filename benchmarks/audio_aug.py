@@ -194,15 +194,9 @@ def main() -> None:
     text = "\n".join([*lines, ""])
     print(text)
     if args.write:
-        path = Path(__file__).with_name("RESULTS.md")
-        old = path.read_text(encoding="utf-8") if path.is_file() else ""
-        start = old.find(SECTION + "\n")
-        if start < 0:
-            new = old.rstrip("\n") + "\n\n" + text
-        else:
-            end = old.find("\n#", start + 1)
-            new = old[:start] + text + (old[end:] if end >= 0 else "")
-        path.write_text(new.rstrip("\n") + "\n", encoding="utf-8")
+        from resultsfile import replace_section  # beside this script
+
+        path = replace_section(SECTION, text)
         print(f"written to {path}")
 
 

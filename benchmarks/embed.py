@@ -219,20 +219,6 @@ def table(results: dict[tuple[str, str, int], list[dict[str, Any]]], counts: dic
     return lines
 
 
-def write_section(text: str, heading: str) -> Path:
-    """Replace this benchmark's section ``heading`` of RESULTS.md (or append it), leaving the others alone."""
-    path = Path(__file__).with_name("RESULTS.md")
-    old = path.read_text(encoding="utf-8") if path.is_file() else ""
-    start = old.find(heading + "\n")
-    if start < 0:
-        new = old.rstrip("\n") + "\n\n" + text if old else text
-    else:
-        end = old.find("\n#", start + 1)
-        new = old[:start] + text + (old[end:] if end >= 0 else "")
-    path.write_text(new.rstrip("\n") + "\n", encoding="utf-8")
-    return path
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--child", help=argparse.SUPPRESS)
@@ -310,7 +296,9 @@ def main() -> None:
     text = "\n".join(lines)
     print(text)
     if args.write:
-        print(f"written to {write_section(text, heading)}")
+        from resultsfile import replace_section  # beside this script
+
+        print(f"written to {replace_section(heading, text)}")
 
 
 if __name__ == "__main__":

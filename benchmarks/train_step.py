@@ -1,17 +1,27 @@
-"""Training-step throughput and peak memory: lbind's step vs. an upstream-style step that runs the text encoder.
+"""Training-step benchmarks: precomputed captions against a text encoder per step, and the encoder step
+against transformers and timm, with MFU.
 
-Both steps train the same modality encoder with the same loss, optimiser and batch through
-:class:`lbcore.engine.ContrastiveEngine`; the only difference is where the caption embeddings come from:
+Part ``text`` (each measurement in its own process, so that peak memory is that step's alone): lbind's
+step against an upstream-style step that runs the text encoder. Both train the same modality encoder with
+the same loss, optimiser and batch through :class:`lbcore.engine.ContrastiveEngine`; the only difference is
+where the caption embeddings come from:
 
 * ``lbind``: a table precomputed once through the text-embedding cache (the anchor is released before training);
 * ``baseline``: the frozen text encoder (the packaged MiniLM) encodes the batch's captions at every step, as
   LanguageBind does, so it also stays in memory.
 
-Each (size, variant) runs in its own child process so that peak memory is that step's alone: peak resident set
-size sampled during the timed steps on CPU, ``torch.cuda.max_memory_allocated`` on GPU. Results go to
-benchmarks/RESULTS.md (``--write``) with the command that produced them.
+Peak memory: resident set size sampled during the timed steps on CPU, ``torch.cuda.max_memory_allocated`` on
+GPU.
 
-    python benchmarks/train_step.py --write
+Part ``encoder`` (one process, variants interleaved step by step, medians over rounds): a ViT of width 384,
+depth 6, 6 heads, patch 16, 224 px, batch 16, fp32, forward + backward, as lbind's ``ViTEncoder``,
+transformers' ``CLIPVisionModel`` (SDPA attention) and timm's ``VisionTransformer``; lbind's encoder with token
+masking 0.5; and lbind's whole training step (caption lookup, encoder, InfoNCE loss, clipping, AdamW) without
+and with masking. Achieved FLOP/s (analytic model FLOPs, see ``benchmarks/flops.py``) against the fp32 matmul
+peak measured in the same rounds give the MFU.
+
+    python benchmarks/train_step.py --write            # both parts into benchmarks/RESULTS.md
+    python benchmarks/train_step.py --quick --write    # smoke run
 """
 
 from __future__ import annotations
@@ -28,6 +38,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+TEXT_HEADING = "## Training step: precomputed captions"
 SIZES: dict[str, dict[str, Any]] = {
     # width, depth, heads, image side (patch 16): tokens = (side / 16)^2
     "tiny": {"width": 128, "depth": 4, "heads": 4, "image": 64},
@@ -174,7 +185,7 @@ def render(results: list[dict[str, Any]], precompute: float, args: argparse.Name
     import torch
 
     lines = [
-        "# Training-step benchmark",
+        TEXT_HEADING,
         "",
         "lbind's training step (caption embeddings precomputed once through the text-embedding cache, anchor",
         "released) against an upstream-style step that runs the frozen text encoder (packaged all-MiniLM-L6-v2)",
@@ -219,24 +230,10 @@ def render(results: list[dict[str, Any]], precompute: float, args: argparse.Name
     return "\n".join(lines)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--steps", type=int, default=15)
-    parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--sizes", nargs="+", default=list(SIZES), choices=list(SIZES))
-    parser.add_argument("--write", action="store_true", help="Write benchmarks/RESULTS.md.")
-    parser.add_argument("--child", help=argparse.SUPPRESS)
-    parser.add_argument("--cache-dir", help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.child:
-        size, variant = args.child.split(":")
-        print(json.dumps(child(size, variant, args.batch, args.steps, args.warmup, args.cache_dir)))
-        return
-
+def run_text_part(args: argparse.Namespace, command: str, machine_note: str) -> str:
+    """The precomputed-captions comparison (a child process per size and variant) -> its RESULTS.md section."""
     import tempfile
 
-    command = "python benchmarks/train_step.py " + " ".join(sys.argv[1:])
     with tempfile.TemporaryDirectory(prefix="lbind-bench-") as cache_dir:
         precompute = precompute_seconds(args.batch, args.steps + args.warmup, cache_dir)
         results = []
@@ -253,13 +250,76 @@ def main() -> None:
                 print(f"{size:6s} {variant:9s} {result['samples_per_s']:8.1f} samples/s  "
                       f"peak {result['peak_rss_mib']:.0f} MiB RSS", flush=True)  # fmt: skip
                 results.append(result)
-    text = render(results, precompute, args, command)
-    if args.write:
-        path = Path(__file__).with_name("RESULTS.md")
-        path.write_text(text, encoding="utf-8")
-        print(f"wrote {path}")
-    else:
+    return render(results, precompute, args, command) + machine_note
+
+
+def run_encoder_part(args: argparse.Namespace, command: str) -> str:
+    import torch
+    from encoder_step import Spec, measure
+    from encoder_step import render as render_encoder
+
+    spec = Spec(batch=args.encoder_batch)
+    result = measure(spec, args.rounds)
+    machine = (
+        f"{platform.platform()}, {os.cpu_count()} CPU cores visible, {torch.get_num_threads()} torch thread(s), "
+        f"1-minute load {os.getloadavg()[0]:.1f} at the start, torch {torch.__version__}"
+    )
+    return render_encoder(result, spec, args.rounds, command, machine, args.quick)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--parts", nargs="+", default=["text", "encoder"], choices=["text", "encoder"])
+    parser.add_argument("--batch", type=int, default=32, help="text part: batch (default 32)")
+    parser.add_argument("--steps", type=int, default=15, help="text part: timed steps (default 15)")
+    parser.add_argument("--warmup", type=int, default=2, help="text part: warm-up steps (default 2)")
+    parser.add_argument("--sizes", nargs="+", default=list(SIZES), choices=list(SIZES), help="text part: sizes")
+    parser.add_argument("--rounds", type=int, default=7, help="encoder part: rounds (median; default 7)")
+    parser.add_argument("--encoder-batch", type=int, default=16, help="encoder part: batch (default 16)")
+    parser.add_argument("--threads", type=int, help="torch threads (default: lbind's thread policy)")
+    parser.add_argument(
+        "--quick", action="store_true", help="Smoke run: text part tiny size, 4 steps; encoder part 2 rounds."
+    )
+    parser.add_argument("--write", action="store_true", help="Write the sections into benchmarks/RESULTS.md.")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--cache-dir", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        from lbcore.threads import apply, choose_policy
+
+        apply(choose_policy(busy=0.0))  # the parent's torch thread count, through LBIND_NUM_THREADS
+        size, variant = args.child.split(":")
+        print(json.dumps(child(size, variant, args.batch, args.steps, args.warmup, args.cache_dir)))
+        return
+    if args.quick:
+        args.sizes, args.steps, args.warmup, args.rounds = ["tiny"], 4, 1, 2
+    from lbcore.threads import apply, choose_policy
+
+    if args.threads:
+        os.environ["LBIND_NUM_THREADS"] = str(args.threads)
+    policy = choose_policy()
+    os.environ["LBIND_NUM_THREADS"] = str(policy.torch_threads)  # the children take the same count
+    apply(policy)
+    command = "python benchmarks/train_step.py " + " ".join(sys.argv[1:])
+    quick_note = (
+        "This is a --quick smoke run taken while other jobs loaded the machine: it shows that the benchmark "
+        "runs, not the speeds.\n"
+        if args.quick
+        else ""
+    )
+    sections = []
+    if "text" in args.parts:
+        sections.append((TEXT_HEADING, run_text_part(args, command, quick_note)))
+    if "encoder" in args.parts:
+        from encoder_step import HEADING as ENCODER_HEADING
+
+        sections.append((ENCODER_HEADING, run_encoder_part(args, command)))
+    for heading, text in sections:
         print(text)
+        if args.write:
+            from resultsfile import replace_section
+
+            print(f"wrote {replace_section(heading, text)}")
 
 
 if __name__ == "__main__":

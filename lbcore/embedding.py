@@ -16,9 +16,7 @@ from __future__ import annotations
 import importlib
 import logging
 import warnings
-from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,11 +28,19 @@ from lbcore import __version__
 from lbcore.cards import checkpoint_digest
 from lbcore.checkpoint import read_meta, resolve_checkpoint_dir
 from lbcore.embedstore import SIDECAR_FORMAT, SIDECAR_VERSION, EmbedStore, check_output, lock_output, sidecar_path
+from lbcore.encoders import checkpoint_modality
 from lbcore.errors import CheckpointError, InputError, LbindError
-from lbcore.modality import Modality
-from lbcore.model import BindModel, checkpoint_modality, load, modality_of
-from lbcore.samples import Collated, PreprocessDataset, Preprocessed, SurvivorCollator
-from lbcore.threads import ThreadsConfig, choose_policy, worker_init_fn
+from lbcore.model import BindModel, load, modality_of
+from lbcore.prefetch import (
+    EMBED_WORKER_SHARE,
+    Prefetch,
+    ThreadFetches,
+    preprocess_workers,
+    regroup,
+    start_fetches,
+)
+from lbcore.samples import Collated
+from lbcore.threads import ThreadsConfig, choose_policy
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +51,6 @@ __all__ = [
     "collect_inputs",
     "embed_files",
     "embed_job",
-    "embed_workers",
     "iter_embeddings",
     "media_similarity",
     "sidecar_path",
@@ -90,104 +95,9 @@ class EmbeddedBatch:
     failures: dict[int, str]
 
 
-EMBED_WORKER_SHARE = 1.0
-"""Share of the cores the automatic thread policy gives to preprocessing workers in embedding jobs: their
-preprocessing (decoding) is most of the work, and a worker sleeps whenever the prefetch queue is full."""
-LOAD_CHUNK = 4
-"""Items per DataLoader fetch: small, so that the workers share the last items evenly and few are in flight."""
-PREFETCH = 2
-"""Fetches each worker may have ready ahead of the encoder (bounds the preprocessed items held in memory)."""
-Prefetch = Literal["processes", "threads"]
-PREFETCH_MODES: tuple[str, ...] = ("processes", "threads")
-"""Where embedding jobs preprocess: DataLoader worker processes (any plugin; each a process of its own) or
-threads of the job's process (no second copy of the runtime; as parallel as the plugin's preprocessing releases
-the GIL, which decoders and torch operations do)."""
 Precision = Literal["float32", "bfloat16"]
 PRECISIONS: tuple[str, ...] = ("float32", "bfloat16")
 """The encoder's compute precision in embedding jobs (rows are written as float32 either way)."""
-
-
-def embed_workers(num_workers: int | None = None, threads: ThreadsConfig | None = None) -> int:
-    """Preprocessing workers of an embedding job: ``num_workers`` when given, else the thread policy's (config,
-    ``LBIND_NUM_WORKERS``, else a share of the usable cores; see :mod:`lbcore.threads`)."""
-    if num_workers is not None:
-        if num_workers < 0:
-            raise InputError(None, f"{num_workers} workers", "zero or more DataLoader workers")
-        return num_workers
-    return choose_policy(threads, worker_share=EMBED_WORKER_SHARE, busy=0.0).workers
-
-
-def _as_list(samples: list[Preprocessed]) -> list[Preprocessed]:
-    return samples  # the DataLoader's collate_fn: items are batched in the main process (see _batches)
-
-
-class _ThreadFetches:
-    """Preprocessing in a pool of threads of this process, at most :data:`PREFETCH` x :data:`LOAD_CHUNK` items per
-    thread ahead of the consumer; yields one-item fetches in order. Starts at once."""
-
-    def __init__(self, dataset: PreprocessDataset, threads: int) -> None:
-        self._dataset = dataset
-        self._pool = ThreadPoolExecutor(threads, thread_name_prefix="lbind-preprocess")
-        self._window = threads * PREFETCH * LOAD_CHUNK
-        self._pending: deque[Future[Preprocessed]] = deque()
-        self._next = 0
-        self._fill()
-
-    def _fill(self) -> None:
-        while self._next < len(self._dataset) and len(self._pending) < self._window:
-            self._pending.append(self._pool.submit(self._dataset.__getitem__, self._next))
-            self._next += 1
-
-    def __iter__(self) -> _ThreadFetches:
-        return self
-
-    def __next__(self) -> list[Preprocessed]:
-        if not self._pending:
-            self.close()
-            raise StopIteration
-        item = self._pending.popleft().result()  # the dataset returns failures, it never raises
-        self._fill()
-        return [item]
-
-    def close(self) -> None:
-        self._pending.clear()
-        self._pool.shutdown(wait=False, cancel_futures=True)
-
-
-def _fetches(
-    modality: Modality, items: Sequence[Any], workers: int, prefetch: Prefetch = "processes"
-) -> Iterator[list[Preprocessed]]:
-    """Start preprocessing ``items`` (``train=False``) in ``workers`` processes or threads (0: in this one, when
-    asked) and return the iterator over their fetches (of up to :data:`LOAD_CHUNK` items), in order."""
-    if prefetch not in PREFETCH_MODES:
-        raise InputError(None, f"prefetch {prefetch!r}", " or ".join(PREFETCH_MODES))
-    dataset = PreprocessDataset(modality, items)
-    if prefetch == "threads" and workers > 0 and items:
-        return _ThreadFetches(dataset, workers)
-    workers = min(workers, -(-len(items) // LOAD_CHUNK))  # no more workers than fetches
-    loader = torch.utils.data.DataLoader(
-        dataset,
-        batch_size=LOAD_CHUNK,
-        shuffle=False,
-        num_workers=workers,
-        collate_fn=_as_list,
-        worker_init_fn=worker_init_fn if workers else None,
-        prefetch_factor=PREFETCH if workers else None,
-    )
-    return iter(loader)
-
-
-def _batches(modality: Modality, fetches: Iterator[list[Preprocessed]], batch_size: int) -> Iterator[Collated]:
-    """Regroup the fetched items into batches of ``batch_size`` items (the last one shorter), survivors stacked."""
-    collate = SurvivorCollator(modality)
-    pending: list[Preprocessed] = []
-    for fetch in fetches:
-        pending.extend(fetch)
-        while len(pending) >= batch_size:
-            yield collate(pending[:batch_size])
-            del pending[:batch_size]
-    if pending:
-        yield collate(pending)
 
 
 def _encoded(
@@ -227,15 +137,15 @@ def iter_embeddings(
 ) -> Iterator[EmbeddedBatch]:
     """Embed ``items`` (paths or arrays) batch by batch, in order; embeddings are float32 CPU, normalised.
 
-    Workers (``num_workers``, default: :func:`embed_workers`) preprocess with ``train=False``, one torch thread
+    Workers (``num_workers``, default: :func:`~lbcore.prefetch.preprocess_workers`) preprocess with ``train=False``, one torch thread
     each (:func:`~lbcore.threads.worker_init_fn`), a bounded number of items ahead of the encoder, which runs
     in the calling process without gradients. Batches hold the same items as :meth:`BindModel.embed`'s.
     """
     if batch_size <= 0:
         raise InputError(None, f"batch size {batch_size}", "a positive batch size")
     mod = modality_of(model, modality)
-    fetches = _fetches(mod, items, embed_workers(num_workers))
-    yield from _encoded(model, modality, _batches(mod, fetches, batch_size))
+    fetches = start_fetches(mod, items, preprocess_workers(num_workers))
+    yield from _encoded(model, modality, regroup(mod, fetches, batch_size))
 
 
 @dataclass
@@ -468,7 +378,7 @@ def embed_job(
         mod, embed_dim = checkpoint_modality(checkpoint, modality), read_meta(checkpoint)["anchor"].get("embed_dim")
     header = {**_sidecar_header(modality, checkpoint, digest, embed_dim), "array": output.name}
     policy = choose_policy(threads, worker_share=EMBED_WORKER_SHARE)
-    workers = embed_workers(num_workers if num_workers is not None else policy.workers)
+    workers = preprocess_workers(num_workers if num_workers is not None else policy.workers)
     if precision not in PRECISIONS:
         raise InputError(None, f"precision {precision!r}", " or ".join(PRECISIONS))
     with lock_output(output), _torch_threads(policy.torch_threads):
@@ -476,15 +386,15 @@ def embed_job(
         result = EmbedJobResult(output, sidecar_path(output), len(store))
         files, missing = collect_inputs(inputs, mod.extensions)
         todo = _plan(store, files, missing, result)
-        fetches = _fetches(mod, todo, workers, prefetch)  # workers start now, before the weights are in memory
+        fetches = start_fetches(mod, todo, workers, prefetch)  # workers start now, before the weights are in memory
         try:
             model = model if model is not None else load(checkpoint)
             store.header["anchor"] = _anchor_entry(model, checkpoint, embed_dim)
             store.claim()
-            batches = _encoded(model, modality, _batches(mod, fetches, batch_size), precision)
+            batches = _encoded(model, modality, regroup(mod, fetches, batch_size), precision)
             _embed_into(store, todo, batches, result, save_every=save_every, progress=progress)
         finally:
-            if isinstance(fetches, _ThreadFetches):
+            if isinstance(fetches, ThreadFetches):
                 fetches.close()
     return result
 

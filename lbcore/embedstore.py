@@ -34,6 +34,7 @@ from typing import Any
 
 import numpy as np
 from filelock import FileLock, Timeout
+from safetensors.numpy import load_file, save_file
 
 from lbcore.checkpoint import write_json
 from lbcore.errors import InputError
@@ -99,8 +100,6 @@ def _read_array(output: Path) -> np.ndarray:
     try:
         if output.suffix.lower() == ".npy":
             return np.load(output, allow_pickle=False)
-        from safetensors.numpy import load_file
-
         tensors = load_file(str(output))
     except Exception as err:  # any reader failure: the file is not what the sidecar says
         raise InputError(
@@ -156,8 +155,6 @@ def _write_array(output: Path, array: np.ndarray, modality: str) -> None:
         with open(tmp, "wb") as f:
             np.save(f, array, allow_pickle=False)
     else:
-        from safetensors.numpy import save_file
-
         save_file({SAFETENSORS_KEY: np.ascontiguousarray(array)}, str(tmp), metadata={"modality": modality})
     os.replace(tmp, output)
 

@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import errno
+import os
+import stat
 from pathlib import Path
+from typing import Any
+
+import numpy as np
 
 
 class LbindError(Exception):
@@ -58,21 +64,59 @@ class TextStoreError(LbindError):
     """The caption-embedding store is unusable, lacks a caption, or holds a corrupt shard."""
 
 
+class NonFiniteError(LbindError):
+    """A loss, gradient, weight or embedding holds NaN or infinity (training diverged, or a bad input got through)."""
+
+
+def check_finite(values: Any, source: str | Path | None, what: str = "values") -> None:
+    """Raise :class:`InputError` naming ``source`` when a tensor or array holds NaN or infinity.
+
+    The check preprocessing and embedding run on what they produce, so that a file whose values overflow (a float
+    WAV of samples near 1e20, say) is reported rather than turned into NaN embeddings. Integer and boolean data
+    always pass.
+    """
+    if hasattr(values, "is_floating_point") and hasattr(values, "isfinite"):  # a torch tensor (torch not imported)
+        if not (values.is_floating_point() or values.is_complex()):
+            return
+        bad = int(values.numel() - values.isfinite().sum().item())
+        total = values.numel()
+    else:
+        arr = np.asarray(values)
+        if arr.dtype.kind not in "fc":
+            return
+        bad = int(arr.size - np.isfinite(arr).sum())
+        total = arr.size
+    if bad:
+        raise InputError(source, f"{what}: {bad} of {total} are NaN or infinite", "finite values")
+
+
 def check_media_file(path: str | Path, expected: str) -> int:
     """Raise :class:`InputError` unless ``path`` is a non-empty regular file; return its size in bytes.
 
     The checks every loader does before handing a file to a decoder, so that a missing or empty file is named
-    clearly instead of failing deep inside a library.
+    clearly instead of failing deep inside a library: a directory, a broken symbolic link (naming its target)
+    and a symbolic-link loop are each reported as such.
     """
     path = Path(path)
-    if path.is_dir():
-        raise InputError(path, "is a directory", expected)
     try:
-        size = path.stat().st_size
+        info = path.stat()
     except FileNotFoundError as err:
+        if path.is_symlink():
+            raise InputError(
+                path, f"broken symbolic link (points to {os.readlink(path)}, which does not exist)", expected
+            ) from err
         raise InputError(path, "file not found", expected) from err
     except OSError as err:
+        if err.errno == errno.ELOOP:
+            raise InputError(path, "symbolic link loop (the link resolves back to itself)", expected) from err
         raise InputError(path, f"cannot read file: {err.strerror or err}", expected) from err
+    except ValueError as err:  # a NUL byte in the path
+        raise InputError(repr(str(path)), f"not a usable file path: {err}", expected) from err
+    if stat.S_ISDIR(info.st_mode):
+        raise InputError(path, "is a directory", expected)
+    if not stat.S_ISREG(info.st_mode):
+        raise InputError(path, "not a regular file (a device, pipe or socket)", expected)
+    size = info.st_size
     if size == 0:
         raise InputError(path, "empty file (0 bytes)", expected)
     return size

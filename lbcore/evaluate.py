@@ -12,7 +12,6 @@ similarity heatmap otherwise.
 
 from __future__ import annotations
 
-import datetime as _dt
 import importlib
 import inspect
 import time
@@ -25,13 +24,15 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from lbcore import __version__, cards, metrics
+from lbcore import cards, metrics
 from lbcore.checkpoint import read_meta, resolve_checkpoint_dir
 from lbcore.datasets import EvalDataset, TaskChoice, read_eval_manifest
 from lbcore.demo import demo_data
 from lbcore.embedding import UnreadableInputsError, embed_files
 from lbcore.errors import EvaluationError
+from lbcore.grouping import fused_features
 from lbcore.model import BindModel, load, modality_of
+from lbcore.pairdata import paired_demo_manifest
 from lbcore.plot import PlotData, shorten
 
 __all__ = [
@@ -116,6 +117,7 @@ class EvalResult:
     templates: dict[str, list[str]]
     num_items: int
     plot: PlotData | None = None
+    group: dict[str, Any] | None = None  # grouped evaluation: the group, its fusion, and the logit fusion's metrics
 
 
 def _templates_for(model: BindModel, modality: str, templates: Sequence[str] | None) -> list[str]:
@@ -230,12 +232,15 @@ def zero_shot(
     batch_size: int = 32,
     num_workers: int | None = None,
     progress: ProgressCallback | None = None,
+    group: bool = False,
 ) -> EvalResult:
     """Zero-shot classification (or mAP, or retrieval) of each modality's dataset; with two or more aligned
     datasets (a paired manifest) also of the fused inputs: the average of the modalities' logits.
 
     ``templates`` replaces every modality's own prompt templates. The headline metrics are the fused ones when
-    several modalities are given, with each modality alone in ``per_modality``.
+    several modalities are given, with each modality alone in ``per_modality``. With ``group``, the headline
+    is the group's: its fused embedding (:func:`lbcore.grouping.fused_features`) scored against the prompts of
+    every member's templates, with the logit fusion's metrics in ``EvalResult.group``.
     """
     if not datasets:
         raise EvaluationError("zero_shot: no dataset given")
@@ -245,10 +250,10 @@ def zero_shot(
             raise EvaluationError(f"{name}: fused datasets must list the same items, task and classes")
     chosen = {name: _templates_for(model, name, templates) for name in datasets}
     per: dict[str, dict[str, Any]] = {}
-    logits = []
+    logits, features = [], {}
     for name, ds in datasets.items():
-        features = _embed_dataset(model, name, ds, batch_size, num_workers, progress)
-        scores = _scores(model, ds, features, chosen[name])
+        features[name] = _embed_dataset(model, name, ds, batch_size, num_workers, progress)
+        scores = _scores(model, ds, features[name], chosen[name])
         logits.append(scores)
         per[name] = _metrics(ds, scores)
     label = "+".join(datasets)
@@ -257,9 +262,15 @@ def zero_shot(
     else:
         scores = metrics.fuse_logits(*logits)
         results = _metrics(first, scores)
+    info = None
+    if group:
+        fused, info = fused_features(model.groups, list(datasets), features)
+        chosen["group"] = list(dict.fromkeys(t for name in datasets for t in chosen[name]))
+        scores, info["logit_fusion"] = _scores(model, first, fused, chosen["group"]), results
+        results = _metrics(first, scores)
     plot = _plot_data(first, scores, results, f"{label} on {first.name}")
     shown = chosen if first.task != "retrieval" else {}
-    return EvalResult(first.task, results, per, shown, len(first.items), plot)
+    return EvalResult(first.task, results, per, shown, len(first.items), plot, info)
 
 
 def emergent_retrieval(
@@ -338,6 +349,13 @@ def _evaluated_modalities(
     return [modality] + ([partner] if partner else [])
 
 
+def _group_members(group: Sequence[str] | None, fuse: str | None, emergent: str | None) -> list[str]:
+    """The members of a grouped evaluation (none without ``group``); two or more, without fuse or emergent."""
+    if group and (len(set(group)) < 2 or fuse or emergent):
+        raise EvaluationError("--group needs two or more distinct modalities, without --fuse or --emergent")
+    return list(group or [])
+
+
 def _reader_datasets(
     model: BindModel,
     modality: str,
@@ -397,46 +415,6 @@ def _datasets(
     return datasets, DataSource("demo", test.parent.resolve(), "test", {"seed": seed}, test.resolve())
 
 
-def _card(
-    checkpoint: Path,
-    meta: Mapping[str, Any],
-    datasets: Mapping[str, EvalDataset],
-    source: DataSource,
-    result: EvalResult,
-    **request: Any,
-) -> dict[str, Any]:
-    """The result card of an evaluation; ``request``: modality, fuse, emergent, digest, batch_size and device."""
-    first = next(iter(datasets.values()))
-    return {
-        "format": cards.CARD_FORMAT,
-        "format_version": cards.CARD_VERSION,
-        "lbind_version": __version__,
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "checkpoint": {"path": str(checkpoint.resolve()), **request["digest"]},
-        "anchor": {"name": meta["anchor"].get("name"), "fingerprint": meta["anchor"].get("fingerprint")},
-        "modality": request["modality"],
-        "fuse": request["fuse"],
-        "emergent": request["emergent"],
-        "task": result.task,
-        "dataset": {
-            "reader": source.reader,
-            "name": first.name,
-            "root": str(source.root),
-            "manifest": str(source.manifest) if source.manifest else None,
-            "split": source.split,
-            "options": source.options,
-            "num_items": result.num_items,
-            "items_sha256": cards.items_digest(datasets),
-            "classes": list(first.classes),
-        },
-        "templates": result.templates,
-        "metrics": result.metrics,
-        "metrics_per_modality": result.per_modality,
-        "batch_size": request["batch_size"],
-        "device": request["device"],
-    }
-
-
 def evaluate_checkpoint(
     checkpoint: str | Path,
     modality: str | None = None,
@@ -454,6 +432,7 @@ def evaluate_checkpoint(
     num_workers: int | None = None,
     progress: ProgressCallback | None = None,
     model: BindModel | None = None,
+    group: Sequence[str] | None = None,
 ) -> Evaluation:
     """Evaluate a checkpoint folder and return its result card.
 
@@ -461,6 +440,8 @@ def evaluate_checkpoint(
     passed to it), a ``manifest`` (plain or paired, see the module docs), or neither: the modality's demo test
     split. ``fuse=M2``: fused zero-shot of ``modality`` and ``M2`` on a paired manifest; ``emergent=M2``:
     retrieval between the two. ``model`` skips loading when the caller has the checkpoint's model already.
+    ``group=[M1, M2, ...]``: grouped evaluation of those modalities (see :func:`zero_shot`) on a paired manifest
+    (default: a member's paired demo test split), each member alone and the logit fusion beside it.
     """
     started = time.perf_counter()
     checkpoint = resolve_checkpoint_dir(checkpoint)  # a run folder or hf://org/name[@rev]
@@ -469,11 +450,13 @@ def evaluate_checkpoint(
         raise EvaluationError("give either --dataset/--data-root or --data, not both")
     if (dataset is None) != (data_root is None):
         raise EvaluationError("--dataset NAME and --data-root DIR go together")
-    wanted = _evaluated_modalities(checkpoint, meta, modality, fuse, emergent)
+    wanted = _group_members(group, fuse, emergent) or _evaluated_modalities(checkpoint, meta, modality, fuse, emergent)
     digest = cards.checkpoint_digest(checkpoint)
     model = model if model is not None else load(checkpoint)
     for name in wanted:
         modality_of(model, name)
+    if group and manifest is None and dataset is None:
+        manifest = paired_demo_manifest(model.modalities, wanted, "test", _demo_seed(checkpoint))
     datasets, source = _datasets(
         model, checkpoint, wanted, task, emergent=emergent, manifest=manifest, dataset=dataset,
         data_root=data_root, split=split, reader_options=reader_options,
@@ -482,9 +465,10 @@ def evaluate_checkpoint(
         result = emergent_retrieval(model, datasets, batch_size=batch_size, num_workers=num_workers, progress=progress)
     else:
         result = zero_shot(
-            model, datasets, templates=templates, batch_size=batch_size, num_workers=num_workers, progress=progress
-        )
-    card = _card(
+            model, datasets, templates=templates, batch_size=batch_size, num_workers=num_workers, progress=progress,
+            group=bool(group),
+        )  # fmt: skip
+    card = cards.result_card(
         checkpoint, meta, datasets, source, result, modality=wanted[0], fuse=fuse, emergent=emergent, digest=digest,
         batch_size=batch_size, device=str(model.device),
     )  # fmt: skip

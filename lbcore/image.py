@@ -4,6 +4,12 @@ Reading: :func:`read_image` turns a file into its raw pixel array (dtype kept: u
 typed errors; :func:`to_rgb_float` turns any such array into a 3-channel float tensor in [0, 1].
 Preprocessing: :func:`resize_crop_normalize` resizes the short side, crops a square (centre at eval; random
 position and flip only when training) and normalises per channel. :func:`image_stem` is the matching stem.
+
+Bounded cost: whatever the input's shape, the work after decoding is bounded by the output size. A file whose
+header declares more than ``PIL.Image.MAX_IMAGE_PIXELS`` pixels (about 89 megapixels by default) is refused
+before it is decoded, and an input longer than ``MAX_ASPECT_RATIO`` (4:1) is first centre-cropped to 4:1 along
+its long side, so the resized intermediate is at most ``image_size x 4 * image_size`` per channel (a 1 x 100000
+strip would otherwise become 224 x 22 400 000 pixels). Inputs up to 4:1 are resized exactly as before.
 """
 
 from __future__ import annotations
@@ -13,7 +19,7 @@ import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -21,7 +27,7 @@ import torchvision.transforms.v2.functional as TF
 from PIL import Image, UnidentifiedImageError
 from torchvision.transforms import InterpolationMode
 
-from lbcore.config import ImageConfig
+from lbcore.config import ImageConfig, ModalityConfig
 from lbcore.errors import ConfigError, InputError, check_media_file
 from lbcore.manifest import write_manifest
 from lbcore.modality import Modality
@@ -38,6 +44,9 @@ _INTERP = {
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".ppm", ".pnm")
 IMAGE_FORMATS = "an image file Pillow can read (PNG, JPEG, PGM, TIFF, ...)"
 PIXEL_TYPES = "uint8, uint16, bool or float in [0, 1], shaped H x W or H x W x C with C in 1..4"
+
+MAX_ASPECT_RATIO = 4
+"""Inputs longer than this (long side / short side) are centre-cropped to it before resizing (bounded memory)."""
 
 # Modes Pillow hands back whose array is already what we want to return.
 _DIRECT_MODES = {"L", "LA", "RGB", "RGBA", "F"}
@@ -66,6 +75,7 @@ def read_image(path: str | os.PathLike[str]) -> np.ndarray:
     check_media_file(path, IMAGE_FORMATS)
     try:
         with Image.open(path) as img:
+            _check_pixel_count(img, path)
             img.load()
             return _pixels(img, path)
     except UnidentifiedImageError as err:
@@ -75,6 +85,19 @@ def read_image(path: str | os.PathLike[str]) -> np.ndarray:
     except (OSError, SyntaxError, EOFError, ValueError) as err:
         # Pillow reports a cut-off file as OSError("image file is truncated ..."), a broken chunk as SyntaxError.
         raise InputError(path, f"truncated or corrupt image data ({err})", IMAGE_FORMATS) from err
+
+
+def _check_pixel_count(img: Image.Image, path: Path) -> None:
+    """Refuse, from the header alone, an image with more than ``Image.MAX_IMAGE_PIXELS`` pixels (Pillow only
+    warns below twice that), so that a tiny file declaring huge dimensions is never decoded."""
+    limit = Image.MAX_IMAGE_PIXELS
+    width, height = img.size
+    if limit is not None and width * height > limit:
+        raise InputError(
+            path,
+            f"{width} x {height} pixels ({width * height:,}) is more than the {limit:,} lbind decodes",
+            "an image of at most PIL.Image.MAX_IMAGE_PIXELS pixels",
+        )
 
 
 def _pixels(img: Image.Image, path: Path) -> np.ndarray:
@@ -120,12 +143,13 @@ def _unit_float(arr: np.ndarray, source: str | os.PathLike[str] | None) -> np.nd
     raise InputError(source, f"unsupported pixel type {arr.dtype}", PIXEL_TYPES)
 
 
-def to_rgb_float(arr: np.ndarray | torch.Tensor, source: str | os.PathLike[str] | None = None) -> torch.Tensor:
-    """A pixel array (``H x W`` or ``H x W x C``, C in 1..4) -> float32 tensor [3, H, W] in [0, 1].
-
-    Grey is repeated to three channels, alpha is dropped (grey + alpha keeps the grey), uint16 is scaled by
-    65535 and uint8 by 255. ``source`` names the file in errors.
-    """
+def to_unit_float(arr: np.ndarray | torch.Tensor, source: str | os.PathLike[str] | None = None) -> torch.Tensor:
+    """A pixel array (``H x W`` or ``H x W x C``, C in 1..4) -> float32 tensor [c, H, W] in [0, 1] with c = 1
+    for grey (grey + alpha keeps the grey) and c = 3 for colour (alpha dropped); uint16 is scaled by 65535 and
+    uint8 by 255. ``source`` names the file in errors. The tensor keeps the array's channels-last memory layout
+    (not contiguous for colour): converting is one pass, and torch resizes such tensors faster, to the same
+    values. Resizing the one grey channel and repeating it after (see :meth:`ImageLikeModality.preprocess`)
+    gives the values :func:`to_rgb_float` + resizing gives, for a third of the work."""
     if isinstance(arr, torch.Tensor):
         arr = arr.detach().cpu().numpy()
     arr = np.asarray(arr)
@@ -136,10 +160,28 @@ def to_rgb_float(arr: np.ndarray | torch.Tensor, source: str | os.PathLike[str] 
     if arr.shape[0] == 0 or arr.shape[1] == 0:
         raise InputError(source, f"image with no pixels (shape {tuple(arr.shape)})", PIXEL_TYPES)
     colour = arr[:, :, :1] if arr.shape[2] <= 2 else arr[:, :, :3]  # drop alpha: [H, W, 1 or 3]
-    x = torch.from_numpy(np.ascontiguousarray(_unit_float(colour, source))).permute(2, 0, 1)  # [c, H, W]
-    if x.shape[0] == 1:
-        x = x.repeat(3, 1, 1)  # grey -> [3, H, W]
-    return x.contiguous()
+    if colour.dtype == np.uint8:
+        # Straight to float in the pixels' own (channels-last) layout: one pass, no transposing copy, the
+        # values numpy's uint8 / 255 gives (one IEEE division either way).
+        return torch.from_numpy(np.ascontiguousarray(colour)).permute(2, 0, 1).float().div_(255.0)
+    return torch.from_numpy(np.ascontiguousarray(_unit_float(colour, source))).permute(2, 0, 1)
+
+
+def to_rgb_float(arr: np.ndarray | torch.Tensor, source: str | os.PathLike[str] | None = None) -> torch.Tensor:
+    """A pixel array (``H x W`` or ``H x W x C``, C in 1..4) -> float32 tensor [3, H, W] in [0, 1].
+
+    Grey is repeated to three channels, alpha is dropped (grey + alpha keeps the grey), uint16 is scaled by
+    65535 and uint8 by 255. ``source`` names the file in errors.
+    """
+    x = to_unit_float(arr, source)
+    return x.repeat(3, 1, 1) if x.shape[0] == 1 else x.contiguous()  # grey -> [3, H, W]
+
+
+def load_unit(item: str | os.PathLike[str] | np.ndarray | torch.Tensor) -> torch.Tensor:
+    """A file path or a pixel array -> float32 tensor [1 or 3, H, W] in [0, 1] (see :func:`to_unit_float`)."""
+    if is_path(item):
+        return to_unit_float(read_image(item), source=item)
+    return to_unit_float(item)
 
 
 def load_rgb(item: str | os.PathLike[str] | np.ndarray | torch.Tensor) -> torch.Tensor:
@@ -222,14 +264,32 @@ def write_image_demo(
     return manifests
 
 
+def limit_aspect(x: torch.Tensor, ratio: int = MAX_ASPECT_RATIO) -> torch.Tensor:
+    """[..., H, W] -> the centre ``ratio : 1`` part along the long side when the input is longer than that;
+    unchanged otherwise. (The square crop that follows keeps only the centre anyway.)"""
+    h, w = x.shape[-2:]
+    short = min(h, w)
+    keep = short * ratio
+    if max(h, w) <= keep:
+        return x
+    if h > w:
+        top = (h - keep) // 2
+        return x[..., top : top + keep, :]
+    left = (w - keep) // 2
+    return x[..., :, left : left + keep]
+
+
 def resize_crop(
     x: torch.Tensor, cfg: ImageConfig, train: bool = False, generator: torch.Generator | None = None
 ) -> torch.Tensor:
     """[C, H, W] (or [T, C, H, W]) float -> [..., size, size]: short side resized to ``cfg.image_size``
     (long side ``int(size * long / short)``, as torchvision's Resize) with ``cfg.interpolation`` and
     ``cfg.antialias``, then a centre crop at eval, or a random crop and a coin-flip horizontal flip when
-    ``train``. A [T, C, H, W] stack gets one crop and one flip for all T."""
+    ``train``. A [T, C, H, W] stack gets one crop and one flip for all T. An input longer than
+    ``MAX_ASPECT_RATIO`` : 1 is first centre-cropped to that ratio (see :func:`limit_aspect`), which bounds the
+    resized intermediate by the output size."""
     size = cfg.image_size
+    x = limit_aspect(x)
     x = TF.resize(x, [size], interpolation=_INTERP[cfg.interpolation], antialias=cfg.antialias)
     h, w = x.shape[-2:]
     if not train:
@@ -272,10 +332,26 @@ class ImageLikeModality(Modality):
     (depth in millimetres, video frames)."""
 
     Config = ImageConfig
+    preprocessed_channels: ClassVar[int | None] = 3
+    """Channels :meth:`preprocess` yields (RGB: 3), which ``in_chans`` must equal; None when the plugin's
+    preprocessing follows ``in_chans`` itself."""
+
+    @classmethod
+    def config_problems(cls, config: ModalityConfig) -> list[str]:
+        problems = super().config_problems(config)
+        channels = cls.preprocessed_channels
+        in_chans = getattr(config, "in_chans", None)
+        if channels is not None and in_chans is not None and in_chans != channels:
+            problems.append(f"in_chans is {in_chans}, but {cls.name} preprocessing yields {channels}-channel input")
+        return problems
 
     def preprocess(self, item: Any, train: bool = False) -> torch.Tensor:
-        """An image file or pixel array (H x W or H x W x C) -> [3, S, S]."""
-        return resize_crop_normalize(load_rgb(item), self.config, train=train)
+        """An image file or pixel array (H x W or H x W x C) -> [3, S, S].
+
+        Equal to ``resize_crop_normalize(load_rgb(item), ...)``; a grey image is resized as one channel and
+        repeated to three after the crop (resizing treats channels independently, so the values are the same)."""
+        x = resize_crop(load_unit(item), self.config, train=train)  # [1 or 3, S, S]
+        return normalize(x.expand(3, -1, -1) if x.shape[0] == 1 else x, self.config).contiguous()
 
     def build_stem(self) -> PatchStem2d:
         return image_stem(self.config)

@@ -39,8 +39,9 @@ def apply_lora(encoder: nn.Module, config: ModalityConfig, where: str = "") -> d
     ``lora.trainable_extras`` prefixes; rank 0 leaves every parameter trainable. Returns parameter counts."""
     lora = config.lora
     if lora.rank > 0:
+        # deferred: peft imports transformers (seconds); only LoRA runs need it
         from peft import LoraConfig as PeftLoraConfig
-        from peft import inject_adapter_in_model
+        from peft import inject_adapter_in_model  # deferred: as above
 
         peft_cfg = PeftLoraConfig(
             r=lora.rank,
@@ -81,7 +82,7 @@ def parameter_counts(encoder: nn.Module) -> dict[str, int]:
 def lora_layers(module: nn.Module) -> dict[str, nn.Module]:
     """The peft LoRA layers inside ``module``, by module name (empty without peft adapters)."""
     try:
-        from peft.tuners.lora import LoraLayer
+        from peft.tuners.lora import LoraLayer  # deferred: as above
     except ImportError:  # peft missing: nothing can have been injected
         return {}
     return {name: m for name, m in module.named_modules() if isinstance(m, LoraLayer)}

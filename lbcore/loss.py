@@ -14,6 +14,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
+from torch.distributed.nn.functional import all_gather
 
 LOGIT_SCALE_INIT = math.log(1 / 0.07)
 LOGIT_SCALE_MAX = math.log(100.0)
@@ -23,8 +24,6 @@ def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
     """Concatenate ``x`` [b, E] from every process in rank order -> [world * b, E], differentiably."""
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return x
-    from torch.distributed.nn.functional import all_gather
-
     return torch.cat(all_gather(x), dim=0)
 
 

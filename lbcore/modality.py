@@ -21,6 +21,7 @@ from torch import nn
 
 from lbcore.config import ModalityConfig, deep_merge, validate_model
 from lbcore.errors import ConfigError, PluginError
+from lbcore.nn import ViTEncoder
 from lbcore.release import ReleaseLayout
 
 REQUIRED_PRESETS = ("languagebind", "demo")
@@ -66,6 +67,9 @@ class Modality(ABC):
         elif not isinstance(config, self.Config):
             data = config.model_dump() if isinstance(config, ModalityConfig) else config
             config = validate_model(self.Config, data, prefix=("modalities", self.name))
+        problems = self.config_problems(config)
+        if problems:
+            raise ConfigError("\n".join(f"modalities.{self.name}: {p}" for p in problems))
         self.config: ModalityConfig = config
 
     # -- definition checks -----------------------------------------------------------------------------
@@ -119,6 +123,13 @@ class Modality(ABC):
         return validate_model(cls.Config, data, prefix=("modalities", cls.name))
 
     @classmethod
+    def config_problems(cls, config: ModalityConfig) -> list[str]:
+        """Rules that tie a valid config to this modality's preprocessing or encoder, one message per broken
+        rule (default: none). ``lbind config validate`` and the constructor report them all; rules between fields
+        of the config alone belong in the config model's validators instead."""
+        return []
+
+    @classmethod
     def from_spec(cls, spec: Mapping[str, Any]) -> Modality:
         """Build from a run-config entry: ``{preset: NAME, ...overrides}``."""
         spec = dict(spec)
@@ -166,8 +177,6 @@ class Modality(ABC):
 
         Default: this modality's stem + the core ViT trunk + the CLIP head.
         """
-        from lbcore.nn import ViTEncoder
-
         return ViTEncoder(self.build_stem(), self.config.encoder, embed_dim, mask_ratio=self.config.mask_ratio)
 
     # -- prompts ---------------------------------------------------------------------------------------

@@ -22,8 +22,12 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from safetensors.torch import save_file
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
+from lbcore import __version__
+from lbcore.anchor import Anchor, TextEmbeddingCache
 from lbcore.checkpoint import (
     ADAPTER_FORMAT_VERSION,
     FORMAT,
@@ -36,42 +40,37 @@ from lbcore.checkpoint import (
     write_json,
 )
 from lbcore.config import AnchorConfig, validate_model
-from lbcore.convert.clip import load_clip_vision_into
-from lbcore.convert.languagebind import load_languagebind_into
-from lbcore.errors import AnchorError, CheckpointError, InputError, ModalityNotFoundError
-from lbcore.hub import checkpoint_folder, parse_hub_id
+from lbcore.encoders import load_modality, plugin_info
+from lbcore.errors import (
+    AnchorError,
+    CheckpointError,
+    InputError,
+    ModalityNotFoundError,
+    NonFiniteError,
+    check_finite,
+)
+from lbcore.grouping import GroupSet, read_groups, write_groups
 from lbcore.lora import (
     LORA_A,
-    LORA_B,
     adapter_state,
     base_encoder_state,
     export_encoder_state,
     lora_layers,
-    merge_adapter,
     split_extras,
 )
 from lbcore.loss import LogitScale
 from lbcore.modality import Modality
 from lbcore.modelcard import write_model_card
+from lbcore.weights import (
+    base_reference,
+    check_finite_state,
+    load_base,
+    load_encoder_weights,
+)
+
+__all__ = ["BindModel", "base_reference", "load", "load_base", "load_encoder_weights", "modality_of", "plugin_info"]
 
 log = logging.getLogger(__name__)
-
-
-def plugin_info(modality: Modality) -> dict[str, Any]:
-    """Which plugin provides ``modality`` (name, distribution, version), as recorded in ``lbind.json``."""
-    from lbcore.plugins import default_registry
-
-    info: dict[str, Any] = {"module": type(modality).__module__, "class": type(modality).__qualname__}
-    try:
-        reg = default_registry().registered(modality.name)
-    except ModalityNotFoundError:
-        return {"plugin": None, "distribution": None, "version": None, **info}
-    return {
-        "plugin": reg.plugin.name,
-        "distribution": reg.plugin.distribution,
-        "version": reg.plugin.version,
-        **info,
-    }
 
 
 class _RecordedAnchor:
@@ -85,8 +84,6 @@ class _RecordedAnchor:
 
     def encode(self, texts: Sequence[str], batch_size: int = 64) -> torch.Tensor:
         if self._anchor is None:
-            from lbcore.anchor import Anchor
-
             anchor = Anchor.from_config(self.cfg)
             if anchor.fingerprint != self.fingerprint:
                 raise AnchorError(
@@ -128,6 +125,7 @@ class BindModel(nn.Module):
         anchor_fingerprint: str | None = None,
         embed_dim: int | None = None,
         base_sources: Mapping[str, str] | None = None,
+        groups: GroupSet | None = None,
     ) -> None:
         super().__init__()
         if set(encoders) != set(modalities):
@@ -149,12 +147,14 @@ class BindModel(nn.Module):
                         scale.value.fill_(float(given))
                 scales[name] = scale
         self.logit_scales = scales
+        self.groups = groups if groups is not None else GroupSet()  # grouped modalities (lbcore.grouping)
         self.anchor_fingerprint = anchor_fingerprint
         dims = {getattr(e, "embed_dim", None) for e in encoders.values()} - {None}
         self.embed_dim = embed_dim if embed_dim is not None else (dims.pop() if len(dims) == 1 else None)
         self.base_sources: dict[str, str] = dict(base_sources or {})
         self._verified_bases: set[tuple[str, str, str]] = set()  # (modality, source, sha256) checked by verify_base
         self._text_anchor: Any = None
+        self._text_cache: TextEmbeddingCache | None = None  # one store per model: opened once, refreshed per call
 
     # ------------------------------------------------------------------------------------------- embedding
     @property
@@ -186,7 +186,24 @@ class BindModel(nn.Module):
             )
         if not items:
             raise InputError(None, "embed() got an empty list", "at least one input")
-        return mod.collate([mod.preprocess(item, train=False) for item in items])
+        samples = []
+        for item in items:
+            sample = mod.preprocess(item, train=False)
+            check_finite(sample, item if isinstance(item, (str, os.PathLike)) else None, f"{modality} input tensor")
+            samples.append(sample)
+        return mod.collate(samples)
+
+    def _embed_batch(self, modality: str, batch: torch.Tensor, first: int) -> torch.Tensor:
+        """:meth:`encode` of one batch, refusing NaN / infinite embeddings (rows numbered from ``first``)."""
+        out = self.encode(modality, batch.to(self.device))
+        bad = (~torch.isfinite(out).all(dim=-1)).nonzero().flatten().tolist()
+        if bad:
+            rows = ", ".join(str(first + r) for r in bad[:10]) + (" ..." if len(bad) > 10 else "")
+            raise NonFiniteError(
+                f"the {modality} encoder gave NaN or infinite embeddings for input(s) {rows}: its weights or "
+                "those inputs overflow (check the inputs' value range, or the checkpoint)"
+            )
+        return out
 
     @torch.no_grad()
     def embed(self, modality: str, inputs: Any, batch_size: int = 32) -> torch.Tensor:
@@ -200,13 +217,14 @@ class BindModel(nn.Module):
         self.eval()
         try:
             if isinstance(inputs, torch.Tensor):
+                check_finite(inputs, None, f"{modality} input batch")
                 batches = list(inputs.split(batch_size))
-                return torch.cat([self.encode(modality, b.to(self.device)) for b in batches])
+                return torch.cat([self._embed_batch(modality, b, i * batch_size) for i, b in enumerate(batches)])
             items = inputs if isinstance(inputs, list) else [inputs]
             out = []
             for start in range(0, len(items), batch_size):
                 batch = self.preprocess(modality, items[start : start + batch_size])
-                out.append(self.encode(modality, batch.to(self.device)))
+                out.append(self._embed_batch(modality, batch, start))
             if not out:
                 raise InputError(None, f"embed({mod.name!r}) got no inputs", "at least one input")
             return torch.cat(out)
@@ -218,8 +236,6 @@ class BindModel(nn.Module):
             if self.anchor_fingerprint is not None and self.embed_dim is not None:
                 self._text_anchor = _RecordedAnchor(self.anchor_cfg, self.anchor_fingerprint, self.embed_dim)
             else:
-                from lbcore.anchor import Anchor
-
                 anchor = Anchor.from_config(self.anchor_cfg)
                 self.anchor_fingerprint = anchor.fingerprint
                 self.embed_dim = anchor.embed_dim
@@ -229,12 +245,13 @@ class BindModel(nn.Module):
     def embed_text(self, texts: Sequence[str]) -> torch.Tensor:
         """Normalised anchor embeddings [N, E] of ``texts`` through the text-embedding cache (anchor loaded only
         for texts not cached yet), on the model's device."""
-        from lbcore.anchor import TextEmbeddingCache
-
         if isinstance(texts, str):
             texts = [texts]
-        cache = TextEmbeddingCache(self.anchor_cfg.cache_dir)
-        return cache.embed(self._anchor_source(), list(texts), batch_size=self.anchor_cfg.batch_size).to(self.device)
+        if self._text_cache is None:
+            self._text_cache = TextEmbeddingCache(self.anchor_cfg.cache_dir)
+        return self._text_cache.embed(self._anchor_source(), list(texts), batch_size=self.anchor_cfg.batch_size).to(
+            self.device
+        )
 
     @staticmethod
     def similarity(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -249,8 +266,6 @@ class BindModel(nn.Module):
     # ------------------------------------------------------------------------------------------- saving
     def describe(self, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """The ``lbind.json`` content of this model."""
-        from lbcore import __version__
-
         if self.anchor_fingerprint is None or self.embed_dim is None:
             raise CheckpointError(
                 "cannot save: the anchor's fingerprint and embedding size are unknown "
@@ -351,6 +366,23 @@ class BindModel(nn.Module):
             raise CheckpointError("cannot save adapter weights: " + "; ".join(problems))
         return names
 
+    def _export(self, name: str, adapter: bool) -> tuple[dict[str, torch.Tensor], float | None]:
+        """The tensors a checkpoint stores for ``name`` (adapter + extras, or full merged weights) and the LoRA
+        scaling of an adapter; refuses NaN or infinite values, so no checkpoint is written with broken weights."""
+        encoder = _unwrap(self.encoders[name])
+        scaling = None
+        if adapter:
+            tensors, scaling = adapter_state(encoder, self.modalities[name].config.lora.trainable_extras)
+            state = {k: v.to("cpu").contiguous().clone() for k, v in tensors.items()}
+        else:
+            state = export_encoder_state(encoder)
+        check_finite_state(
+            {**state, "logit_scale": self.logit_scales[name].value.detach()},
+            f"cannot save the {name} encoder",
+            advice="training diverged; lower the learning rate or resume from an earlier checkpoint",
+        )
+        return state, scaling
+
     def write_files(
         self, directory: Path, extra: Mapping[str, Any] | None = None, *, adapter_only: bool | Collection[str] = False
     ) -> None:
@@ -358,18 +390,15 @@ class BindModel(nn.Module):
 
         ``adapter_only``: see :meth:`save_pretrained`; a collection names the modalities to save as adapters.
         """
-        from safetensors.torch import save_file
-
         adapters = self._adapter_modalities(adapter_only)
         bases = {name: self.verify_base(name) for name in adapters}  # every base checked before anything is written
         meta = self.describe(extra)
+        exported = {name: self._export(name, name in adapters) for name in meta["modalities"]}  # all checked first
         for name, spec in meta["modalities"].items():
-            encoder = _unwrap(self.encoders[name])
+            state, scaling = exported[name]
             if name in adapters:
                 lora = self.modalities[name].config.lora
                 digest, count = bases[name]
-                tensors, scaling = adapter_state(encoder, lora.trainable_extras)
-                state = {k: v.to("cpu").contiguous().clone() for k, v in tensors.items()}
                 spec["weights"] = "adapter"
                 spec["base"] = {"source": self.base_sources[name], "sha256": digest, "tensors": count}
                 spec["lora"] = {
@@ -379,10 +408,10 @@ class BindModel(nn.Module):
                     "scaling": scaling,
                     "layers": sum(k.endswith(LORA_A) for k in state),
                 }
-            else:
-                state = export_encoder_state(encoder)
             metadata = {"format": "pt", "modality": name, "weights": spec["weights"]}
             save_file(state, str(directory / spec["file"]), metadata=metadata)
+        if len(self.groups):
+            meta["groups"] = write_groups(directory, self.groups)
         meta["format_version"] = ADAPTER_FORMAT_VERSION if adapters else FULL_FORMAT_VERSION
         write_json(directory / META_FILE, meta)
         write_model_card(directory, meta)
@@ -438,58 +467,20 @@ class BindModel(nn.Module):
         encoders: dict[str, nn.Module] = {}
         scales: dict[str, float] = {}
         for name, spec in meta["modalities"].items():
-            modality = _configured_modality(directory, name, spec)
-            encoder = modality.build_encoder(embed_dim)
-            load_encoder_weights(directory, spec, encoder, modality, base_overrides=base)
-            modalities[name] = modality
-            encoders[name] = encoder
-            scales[name] = float(spec.get("logit_scale", LogitScale().value.item()))
+            modalities[name], encoders[name], scales[name] = load_modality(directory, name, spec, embed_dim, base)
+        fingerprint = anchor.get("fingerprint")
+        if fingerprint is not None and not isinstance(fingerprint, str):
+            raise CheckpointError(f"{directory / META_FILE}: anchor.fingerprint must be a string, got {fingerprint!r}")
+        groups = read_groups(directory, meta["groups"], embed_dim) if "groups" in meta else None
         model = cls(
-            anchor_cfg, encoders, modalities, scales, anchor_fingerprint=anchor.get("fingerprint"), embed_dim=embed_dim
-        )
+            anchor_cfg, encoders, modalities, scales, anchor_fingerprint=fingerprint, embed_dim=embed_dim,
+            groups=groups,
+        )  # fmt: skip
         return model.to(map_location).eval()
-
-
-def _configured_modality(directory: Path, name: str, spec: Mapping[str, Any]) -> Modality:
-    """Modality ``name`` configured as the checkpoint's ``lbind.json`` entry ``spec`` says, through its plugin."""
-    from lbcore.plugins import default_registry
-
-    try:
-        reg = default_registry().registered(name)
-    except ModalityNotFoundError as err:
-        raise ModalityNotFoundError(
-            f"{directory}: the checkpoint needs modality {name!r} from plugin "
-            f"{spec.get('distribution') or spec.get('plugin') or spec.get('module')!r}: {err}"
-        ) from err
-    if spec.get("version") and reg.plugin.version and spec["version"] != reg.plugin.version:
-        log.warning(
-            "%s: %s was saved with plugin %s %s; %s is installed",
-            directory,
-            name,
-            spec.get("plugin"),
-            spec["version"],
-            reg.plugin.version,
-        )
-    config = validate_model(reg.cls.Config, spec.get("config", {}), ("modalities", name, "config"), str(directory))
-    return reg.cls(config)
-
-
-def checkpoint_modality(directory: str | Path, name: str) -> Modality:
-    """Modality ``name`` of a checkpoint (or run folder / hub id), configured as it was trained, without loading
-    any weights: what preprocessing needs (e.g. DataLoader workers started before the model is loaded)."""
-    directory = resolve_checkpoint_dir(directory)
-    specs = read_meta(directory)["modalities"]
-    if name not in specs:
-        raise ModalityNotFoundError(
-            f"{directory}: the checkpoint has no modality {name!r}; it has {', '.join(sorted(specs)) or 'none'}"
-        )
-    return _configured_modality(directory, name, specs[name])
 
 
 def _unwrap(module: nn.Module) -> nn.Module:
     """The module inside DistributedDataParallel / torch.compile wrappers."""
-    from torch.nn.parallel import DistributedDataParallel
-
     while True:
         if isinstance(module, DistributedDataParallel):
             module = module.module
@@ -506,119 +497,3 @@ def load(
     (its ``final/`` checkpoint, else its newest step checkpoint; see :func:`lbcore.checkpoint.resolve_checkpoint_dir`).
     ``base``: see :meth:`BindModel.from_pretrained`."""
     return BindModel.from_pretrained(directory, map_location=map_location, base=base)
-
-
-# ------------------------------------------------------------------------------------------- weights
-BASE_KINDS = ("clip", "languagebind", "lbind")
-
-
-def base_reference(init: str | None) -> str | None:
-    """The base reference an adapter-only checkpoint records for an encoder initialised from ``init`` (the
-    trainer's ``init`` spec): ``clip:``, ``languagebind:`` or ``lbind:`` with the path made absolute, or a
-    hub id as ``hf://org/name``; None for ``scratch`` and for sources :func:`load_base` cannot load back."""
-    if not init or init == "scratch":
-        return None
-    kind, sep, rest = init.partition(":")
-    if not sep or not rest or kind not in BASE_KINDS:
-        return None
-    hub = parse_hub_id(rest, bare=kind != "lbind" and not Path(rest).expanduser().exists())
-    return f"{kind}:{hub or Path(rest).expanduser().resolve()}"
-
-
-def load_base(encoder: nn.Module, source: str, modality: Modality, *, seen: frozenset[Path] = frozenset()) -> None:
-    """Load the base weights ``source`` names into ``encoder`` (built by ``modality``).
-
-    ``clip:PATH``: a transformers CLIP vision checkpoint (:func:`lbcore.convert.load_clip_vision_into`: position
-    embedding resized to the encoder's grid, video's temporal parts copied from the spatial ones);
-    ``languagebind:PATH``: a released LanguageBind checkpoint of this modality, its LoRA merged
-    (:func:`lbcore.convert.load_languagebind_into`); ``lbind:DIR``: this modality's weights in another lbind
-    checkpoint (full, or itself an adapter on a base). PATH may be a hub id (:mod:`lbcore.hub`). Raises
-    :class:`CheckpointError` naming the source.
-    """
-    kind, sep, rest = source.partition(":")
-    if not sep or not rest or kind not in BASE_KINDS:
-        raise CheckpointError(f"base source {source!r}: expected one of {', '.join(k + ':PATH' for k in BASE_KINDS)}")
-    if kind == "clip":
-        for line in load_clip_vision_into(encoder, rest):  # a str: the loader resolves hub ids
-            log.debug("%s base %s: %s", modality.name, source, line)
-        return
-    if kind == "languagebind":
-        load_languagebind_into(encoder, modality, rest)
-        return
-    directory = checkpoint_folder(rest).resolve()
-    if directory in seen:
-        raise CheckpointError(f"{directory}: base checkpoints refer to each other in a cycle")
-    meta = read_meta(directory)
-    spec = meta["modalities"].get(modality.name)
-    if not isinstance(spec, dict):
-        raise CheckpointError(
-            f"{directory}: holds no {modality.name!r} weights to use as a base (it has: "
-            f"{', '.join(sorted(meta['modalities'])) or 'none'})"
-        )
-    load_encoder_weights(directory, spec, encoder, modality, seen=seen | {directory})
-
-
-def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    try:
-        return load_file(str(path), device="cpu")
-    except (OSError, SafetensorError) as err:
-        raise CheckpointError(f"{path}: cannot read encoder weights: {err}") from err
-
-
-def load_encoder_weights(
-    directory: Path,
-    spec: Mapping[str, Any],
-    encoder: nn.Module,
-    modality: Modality,
-    *,
-    base_overrides: Mapping[str, str] | None = None,
-    seen: frozenset[Path] = frozenset(),
-) -> None:
-    """Fill ``encoder`` (built by ``modality``) with that modality's weights in the checkpoint ``directory``
-    (``spec``: its ``lbind.json`` entry): full weights as they are, adapter weights merged onto their verified
-    base. ``base_overrides`` replace recorded base sources by modality name."""
-    name = modality.name
-    kind = spec.get("weights", "full")
-    file = spec.get("file")
-    if isinstance(kind, str) and kind.endswith(".safetensors"):  # first format: "weights" named the file
-        file, kind = kind, "full"
-    path = directory / str(file or f"{name}.safetensors")
-    where = f"{directory / META_FILE}: modalities.{name}"
-    if kind not in ("full", "adapter"):
-        raise CheckpointError(f"{where}.weights is {kind!r}; expected 'full' or 'adapter'")
-    state = _read_tensors(path)
-    if kind == "full":
-        result = encoder.load_state_dict(state, strict=False)
-        if result.missing_keys or result.unexpected_keys:
-            raise CheckpointError(
-                f"{path}: does not fit the {name} encoder built from the saved config: "
-                f"missing {result.missing_keys or 'none'}, unexpected {result.unexpected_keys or 'none'}"
-            )
-        return
-    ref = spec.get("base")
-    scaling = (spec.get("lora") or {}).get("scaling")
-    if not isinstance(ref, dict) or not isinstance(ref.get("source"), str) or not isinstance(ref.get("sha256"), str):
-        raise CheckpointError(f"{where}.base: expected {{source, sha256}} naming the weights the adapter applies to")
-    if not isinstance(scaling, (int, float)) or isinstance(scaling, bool):
-        raise CheckpointError(f"{where}.lora.scaling: expected the number the LoRA update is scaled by")
-    source = (base_overrides or {}).get(name) or ref["source"]
-    try:
-        load_base(encoder, source, modality, seen=seen | {directory.resolve()})
-    except CheckpointError as err:
-        raise CheckpointError(
-            f"{path}: the {name} adapter needs its base weights {source}, which cannot be loaded: {err}. If they "
-            f"moved, pass base={{{name!r}: '<clip:|lbind:>NEW_PATH'}} to lbcore.load / from_pretrained"
-        ) from err
-    base = base_encoder_state(encoder)
-    extras = [k for k in state if not k.endswith((LORA_A, LORA_B))]
-    digest = state_sha256({k: v for k, v in base.items() if k not in set(extras)})
-    if digest != ref["sha256"]:
-        raise CheckpointError(
-            f"{path}: the {name} adapter was trained on base weights with sha256 {ref['sha256']}, but {source} "
-            f"holds weights with sha256 {digest}: a different model (or another version of it); give the base "
-            f"the adapter was trained on"
-        )
-    encoder.load_state_dict(merge_adapter(base, state, float(scaling), str(path)), strict=True)

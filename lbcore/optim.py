@@ -74,6 +74,15 @@ def parameter_groups(model: BindModel, lr_multipliers: Mapping[str, float] | Non
                 }
             groups[key]["params"].append(param)
             groups[key]["param_names"].append(qualified)
+    for key, fusion in getattr(model, "groups", {}).items():
+        # A group trains at its first member's settings (and follows its schedule), without weight decay.
+        optim = model.modalities[fusion.members[0]].config.optim
+        params = [(f"group:{key}.{n}", p) for n, p in fusion.named_parameters() if p.requires_grad]
+        groups[(f"group:{key}", False, 1.0)] = {
+            "params": [p for _, p in params], "param_names": [n for n, _ in params], "lr": optim.lr,
+            "weight_decay": 0.0, "betas": tuple(optim.betas), "eps": optim.eps, "name": f"group:{key}",
+            "modality": fusion.members[0],
+        }  # fmt: skip
     unused = sorted(set(multipliers) - used)
     if unused:
         raise ConfigError(
@@ -82,9 +91,23 @@ def parameter_groups(model: BindModel, lr_multipliers: Mapping[str, float] | Non
     return list(groups.values())
 
 
-def build_optimizer(model: BindModel, lr_multipliers: Mapping[str, float] | None = None) -> torch.optim.AdamW:
-    """AdamW over :func:`parameter_groups` (per-group lr, weight decay, betas and eps)."""
-    return torch.optim.AdamW(parameter_groups(model, lr_multipliers))
+def build_optimizer(
+    model: BindModel,
+    lr_multipliers: Mapping[str, float] | None = None,
+    *,
+    device: torch.device | str | None = None,
+) -> torch.optim.AdamW:
+    """AdamW over :func:`parameter_groups` (per-group lr, weight decay, betas and eps).
+
+    ``device``: where the parameters will train (the trainer builds the optimiser before accelerate moves
+    the model; default: where the first trainable parameter is now). On CUDA the optimiser is torch's fused
+    AdamW (one kernel for the whole update instead of several per parameter group); elsewhere torch's default
+    implementation."""
+    groups = parameter_groups(model, lr_multipliers)
+    if device is None:
+        device = next((p.device for g in groups for p in g["params"]), torch.device("cpu"))
+    fused = torch.device(device).type == "cuda"
+    return torch.optim.AdamW(groups, fused=True) if fused else torch.optim.AdamW(groups)
 
 
 @dataclass(frozen=True)

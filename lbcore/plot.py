@@ -35,7 +35,7 @@ def write_plot(plot: PlotData, path: str | Path) -> Path:
     """Render ``plot`` as a PNG with matplotlib (no pyplot: no global state, no display needed)."""
     try:  # matplotlib is a heavy optional dependency: imported only when a plot is drawn
         from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.figure import Figure
+        from matplotlib.figure import Figure  # deferred: matplotlib is heavy and only plots need it
     except ImportError as err:
         raise EvaluationError("plots need matplotlib: `pip install matplotlib`, or evaluate without a plot") from err
 

@@ -172,7 +172,7 @@ class PluginRegistry:
         log.error("lbind plugin %r (%s) is broken: %s", info.name, info.module, message)
 
     def _register(self, cls: Any, info: PluginInfo, added: list[str]) -> None:
-        from lbcore.modality import Modality
+        from lbcore.modality import Modality  # deferred: torch; `lbind --help` loads the registry without it
 
         if isinstance(cls, Modality):
             cls = type(cls)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -26,8 +26,9 @@ from lbcore.config import (
     validate_model,
 )
 from lbcore.errors import ConfigError
+from lbcore.grouping import check_groups
 from lbcore.plugins import default_registry
-from lbcore.samples import default_workers
+from lbcore.threads import ThreadsConfig
 
 __all__ = [
     "INIT_KINDS",
@@ -87,8 +88,13 @@ class TrainConfig(StrictModel):
             "A mapping sets it per modality."
         ),
     )
-    num_workers: int = Field(
-        default_factory=default_workers, ge=0, description="DataLoader worker processes per training process."
+    num_workers: int | None = Field(
+        None,
+        ge=0,
+        description=(
+            "DataLoader worker processes per training process (null: the threads section's choice: "
+            "threads.workers, LBIND_NUM_WORKERS, else a share of the idle cores)."
+        ),
     )
     mixed_precision: Literal["auto", "no", "bf16", "fp16"] = Field(
         "auto", description="'auto': bf16 on GPUs that support it, fp16 on other GPUs, float32 on CPU."
@@ -97,6 +103,14 @@ class TrainConfig(StrictModel):
         None, description="Recompute activations in the backward pass (default: each encoder config's setting)."
     )
     max_grad_norm: float | None = Field(1.0, gt=0, description="Clip the global gradient norm (null: no clipping).")
+    max_nonfinite_steps: int = Field(
+        3,
+        ge=0,
+        description=(
+            "Optimiser steps in a row whose loss or gradient norm is NaN or infinite that are skipped (no update, "
+            "weights untouched) before the run stops with an error naming the step and modality; 0: stop at the first."
+        ),
+    )
     error_budget: float = Field(
         0.01,
         ge=0,
@@ -113,6 +127,38 @@ class TrainConfig(StrictModel):
     log_every: int = Field(10, gt=0, description="Log a metrics line (and TensorBoard scalars) every N steps.")
     tensorboard: bool = Field(False, description="Write TensorBoard scalars through accelerate's tracker.")
     demo_seed: int = Field(0, ge=0, description="Seed of the generated demo datasets.")
+    groups: list[list[str]] = Field(
+        default_factory=list,
+        description=(
+            "Groups of modalities aligned as one besides alone (VALOR's grouping alignment), e.g. [[video, audio]]: "
+            "the loss of the group's fused embedding against the captions is added, on the rows of one paired "
+            "manifest (every member's train.data) that have every member. A modality is in at most one group."
+        ),
+    )
+    group_fusion: Literal["learned", "mean"] = Field(
+        "learned", description="Group fusion: 'learned' member weights (+ linear map), or the parameter-free 'mean'."
+    )
+    group_linear: bool = Field(
+        True, description="Learned fusion: a linear map (initialised to identity) after the sum."
+    )
+    group_weight: float = Field(1.0, ge=0, description="Weight of each group's loss beside the modalities' own.")
+    local_loss: bool = Field(
+        False,
+        description=(
+            "Each process builds only its own rows of the logits ([b, world*b] both ways) instead of the global "
+            "[world*b, world*b]; the gradients are the global loss's, the logged loss its mean over processes."
+        ),
+    )
+    check_files: bool = Field(
+        True, description="Check that every manifest file exists before the first step (in parallel threads)."
+    )
+    manifest_cache: Path | None = Field(
+        None,
+        description=(
+            "Folder of the memory-mapped manifest indexes, built once per manifest version and shared by all "
+            "processes (default: <lbind cache>/manifests)."
+        ),
+    )
 
     @field_validator("init")
     @classmethod
@@ -126,25 +172,44 @@ class TrainConfig(StrictModel):
 
 @dataclass
 class TrainPlan:
-    """A validated run: anchor, each modality's full config, and the loop settings."""
+    """A validated run: anchor, each modality's full config, the loop settings and the CPU thread settings."""
 
     anchor: AnchorConfig
     modalities: dict[str, ModalityConfig]
     train: TrainConfig
+    threads: ThreadsConfig = field(default_factory=ThreadsConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "anchor": self.anchor.model_dump(mode="json"),
             "modalities": {n: c.model_dump(mode="json") for n, c in self.modalities.items()},
             "train": self.train.model_dump(mode="json"),
+            "threads": self.threads.model_dump(mode="json"),
         }
+
+    def hparams(self) -> dict[str, Any]:
+        """Scalar hyper-parameters (for TensorBoard): nested keys joined with '/', other values as strings."""
+        out: dict[str, Any] = {}
+
+        def walk(prefix: str, value: Any) -> None:
+            if isinstance(value, dict):
+                for k, v in value.items():
+                    walk(f"{prefix}/{k}" if prefix else str(k), v)
+            elif isinstance(value, (int, float, str, bool)):
+                out[prefix] = value
+            elif value is not None:
+                out[prefix] = str(value)
+
+        walk("", self.to_dict())
+        return out
 
 
 def resolve_config(config: TrainPlan | Mapping[str, Any] | str | Path, source: str = "") -> TrainPlan:
     """Validate a run config (a YAML path or a mapping with ``anchor``, ``modalities`` and ``train`` sections).
 
     A modality entry without a ``preset`` and without a manifest in ``train.data`` uses the ``demo`` preset
-    (the embedded default: it trains on the plugin's demo dataset). Errors name the exact field path.
+    (the embedded default: it trains on the plugin's demo dataset). Errors name the exact field path, and every
+    bad field of every section is reported at once (one :class:`ConfigError`, one line per problem).
     """
     if isinstance(config, TrainPlan):
         return config
@@ -155,54 +220,105 @@ def resolve_config(config: TrainPlan | Mapping[str, Any] | str | Path, source: s
         data = dict(config)
     else:
         raise ConfigError(f"expected a run config mapping or a YAML path, got {type(config).__name__}")
-    train_cfg = validate_model(TrainConfig, data.pop("train", None) or {}, prefix=("train",), source=source)
-    modalities = {}
-    for name, spec in (data.get("modalities") or {}).items():
+    where = f"{source}: " if source else ""
+    problems: list[str] = []
+    train_raw = data.pop("train", None) or {}
+    train_cfg = _attempt(problems, validate_model, TrainConfig, train_raw, prefix=("train",), source=source)
+    threads_raw = data.pop("threads", None) or {}
+    threads = _attempt(problems, validate_model, ThreadsConfig, threads_raw, prefix=("threads",), source=source)
+    raw_modalities = data.get("modalities") or {}
+    if not isinstance(raw_modalities, Mapping):
+        raise ConfigError(
+            f"{where}modalities: expected a mapping of modality names, got {type(raw_modalities).__name__}"
+        )
+    manifests = train_cfg.data if train_cfg is not None else _mapping_or_empty(_mapping_or_empty(train_raw).get("data"))
+    modalities: dict[str, Any] = {}
+    for name, spec in raw_modalities.items():
+        if spec is not None and not isinstance(spec, Mapping):
+            modalities[name] = spec  # reported by validate_run_config with its path
+            continue
         spec = dict(spec or {})
-        if "preset" not in spec and name not in train_cfg.data:
+        if "preset" not in spec and name not in manifests:
             spec["preset"] = "demo"
         modalities[name] = spec
     data["modalities"] = modalities
     if not modalities:
-        where = f"{source}: " if source else ""
-        raise ConfigError(f"{where}modalities: no modality to train; pass --modality NAME or list modalities")
-    per_modality = {"data": train_cfg.data, "init": train_cfg.init if isinstance(train_cfg.init, dict) else {}}
-    for key, mapping in per_modality.items():
-        unknown = sorted(set(mapping) - set(modalities))
-        if unknown:
-            raise ConfigError(
-                f"{source + ': ' if source else ''}train.{key}: given for {', '.join(unknown)}, which the run does "
-                f"not train (modalities: {', '.join(modalities)})"
-            )
-    run, configs = validate_run_config(data, source=source)
-    return TrainPlan(run.anchor, configs, train_cfg)
+        problems.append(f"{where}modalities: no modality to train; pass --modality NAME or list modalities")
+    if train_cfg is not None:
+        per_modality = {"data": train_cfg.data, "init": train_cfg.init if isinstance(train_cfg.init, dict) else {}}
+        for key, mapping in per_modality.items():
+            unknown = sorted(set(mapping) - set(modalities))
+            if unknown and modalities:
+                problems.append(
+                    f"{where}train.{key}: given for {', '.join(unknown)}, which the run does not train "
+                    f"(modalities: {', '.join(modalities)})"
+                )
+        _attempt(problems, check_groups, train_cfg.groups, list(modalities))
+    checked = _attempt(problems, validate_run_config, data, source=source)
+    if problems or checked is None or train_cfg is None or threads is None:
+        raise ConfigError("\n".join(problems))
+    run, configs = checked
+    return TrainPlan(run.anchor, configs, train_cfg, threads)
+
+
+def _attempt(problems: list[str], check: Any, *args: Any, **kwargs: Any) -> Any:
+    """``check(*args, **kwargs)``, or None with its :class:`ConfigError` appended to ``problems``."""
+    try:
+        return check(*args, **kwargs)
+    except ConfigError as err:
+        problems.append(str(err))
+        return None
+
+
+def _mapping_or_empty(value: Any) -> Mapping[str, Any]:
+    return value if isinstance(value, Mapping) else {}
+
+
+def modality_config(name: str, spec: Mapping[str, Any], source: str = "") -> ModalityConfig:
+    """One run-config modality entry (``{preset: NAME, ...overrides}``) validated against its plugin's config
+    model, preset merged with overrides, plus the plugin's own cross-field rules
+    (:meth:`~lbcore.modality.Modality.config_problems`). Errors name the exact field path."""
+    where = f"{source}: " if source else ""
+    spec = dict(spec)
+    preset = spec.pop("preset", None)
+    cls = default_registry().registered(name).cls
+    if preset is not None and not isinstance(preset, str):
+        raise ConfigError(f"{where}modalities.{name}.preset: expected a preset name, got {preset!r}")
+    base = cls.presets.get(preset or cls.default_preset)
+    if base is None:
+        raise ConfigError(
+            f"{where}modalities.{name}.preset: unknown preset {preset!r}; available: {', '.join(sorted(cls.presets))}"
+        )
+    config = validate_model(cls.Config, deep_merge(base, spec), prefix=("modalities", name), source=source)
+    problems = cls.config_problems(config)
+    if problems:
+        raise ConfigError("\n".join(f"{where}modalities.{name}: {p}" for p in problems))
+    return config
 
 
 def validate_run_config(data: Any, source: str = "") -> tuple[RunConfig, dict[str, ModalityConfig]]:
     """Validate a run config mapping in two steps: the top level, then each modality entry against its
-    plugin's config model (preset merged with overrides). Errors name the exact field path."""
-    run = validate_model(RunConfig, data, source=source)
-    if run.train:
-        validate_model(TrainConfig, run.train, prefix=("train",), source=source)
+    plugin's config model (preset merged with overrides). Errors name the exact field path; every bad field of
+    every section is reported in one :class:`ConfigError` (one line per problem)."""
+    where = f"{source}: " if source else ""
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{where}expected a mapping at the top level, got {type(data).__name__}")
+    problems: list[str] = []
+    run = _attempt(problems, validate_model, RunConfig, data, source=source)
+    train = data.get("train")
+    if isinstance(train, Mapping) and train:
+        _attempt(problems, validate_model, TrainConfig, train, prefix=("train",), source=source)
+    specs = data.get("modalities")
     modality_configs: dict[str, ModalityConfig] = {}
-    problems = []
-    for name, spec in run.modalities.items():
-        spec = dict(spec)
-        preset = spec.pop("preset", None)
-        try:
-            cls = default_registry().registered(name).cls
-            base = cls.presets.get(preset or cls.default_preset)
-            if base is None:
-                raise ConfigError(
-                    f"{source + ': ' if source else ''}modalities.{name}.preset: unknown preset {preset!r}; "
-                    f"available: {', '.join(sorted(cls.presets))}"
-                )
-            modality_configs[name] = validate_model(
-                cls.Config, deep_merge(base, spec), prefix=("modalities", name), source=source
-            )
-        except ConfigError as err:
-            problems.append(str(err))
-    if problems:
+    for name, spec in (specs if isinstance(specs, Mapping) else {}).items():
+        if not isinstance(spec, Mapping):
+            if run is not None:  # RunConfig reported it otherwise
+                problems.append(f"{where}modalities.{name}: expected a mapping, got {type(spec).__name__}")
+            continue
+        config = _attempt(problems, modality_config, str(name), spec, source=source)
+        if config is not None:
+            modality_configs[str(name)] = config
+    if problems or run is None:
         raise ConfigError("\n".join(problems))
     return run, modality_configs
 

@@ -1,9 +1,12 @@
 """A run folder's resumable state: checkpoints with ``train_state/``, resuming from the newest, ``metrics.jsonl``.
 
-A run checkpoint is a model checkpoint (:mod:`lbcore.checkpoint`) plus ``train_state/``: accelerate's optimiser,
-RNG and gradient-scaler state, the temperatures, the learning-rate schedule and the progress (step, samples seen,
+A run checkpoint is a model checkpoint (:mod:`lbcore.checkpoint`) plus ``train_state/``: the live encoders, the
+optimiser, every process's random generators and the gradient scaler (pickle-free files, see
+:mod:`lbcore.statefiles`), the temperatures, the learning-rate schedule and the progress (step, samples seen,
 time, skipped files). Every process writes into the same temporary folder, which the main process renames into
-place once all are done. Resuming checks that the anchor, the modality configs and the data give the same run.
+place once all are done (a failed write removes it). Resuming checks that the anchor, the modality configs and the
+data give the same run, reads and checks every file before changing anything, and falls back to the previous
+checkpoint, with a warning, when the newest is incomplete or corrupt.
 """
 
 from __future__ import annotations
@@ -16,23 +19,38 @@ from pathlib import Path
 from typing import Any, TextIO
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from lbcore.checkpoint import (
     PROGRESS_FILE,
     TRAIN_STATE_DIR,
     prune_step_dirs,
     read_meta,
+    remove_tree,
     replace_dir,
+    resumable_checkpoints,
     write_json,
 )
 from lbcore.errors import CheckpointError, ConfigError
+from lbcore.grouping import GROUPS_FILE, load_group_state
 from lbcore.model import BindModel, base_reference
 from lbcore.optim import scheduler_state
+from lbcore.statefiles import (
+    SCALER_FILE,
+    apply_rng,
+    read_encoder,
+    read_json,
+    read_optimizer,
+    read_rng,
+    read_tensors,
+    save_encoder,
+    save_optimizer,
+    save_rng,
+)
 
 log = logging.getLogger(__name__)
 
-__all__ = ["adapter_modalities", "open_metrics", "restore_checkpoint", "save_checkpoint"]
+__all__ = ["adapter_modalities", "open_metrics", "restore_checkpoint", "restore_latest", "save_checkpoint"]
 
 METRICS_FILE = "metrics.jsonl"
 SCALES_FILE = "logit_scales.safetensors"
@@ -68,6 +86,7 @@ def save_checkpoint(
     target: Path,
     *,
     model: BindModel,
+    optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
     extra: Mapping[str, Any],
     progress: Callable[[], Mapping[str, Any]],
@@ -76,25 +95,29 @@ def save_checkpoint(
 ) -> Path:
     """Write the run checkpoint ``target`` (collective: every process calls it) and prune the periodic ones to
     the newest ``keep``. ``extra`` goes into ``lbind.json``. ``progress()`` gives ``train_state/progress.json``'s
-    record; it is called once the weights are written, so the time it records includes the save."""
+    record; it is called once the weights are written, so the time it records includes the save. A failed write
+    (a full disk, weights that are not finite) removes the temporary folder and raises."""
     acc = accelerator
     tmp = target.parent / f".tmp-{target.name}"  # same name on every process: they all write into it
+    state_dir = tmp / TRAIN_STATE_DIR
     acc.wait_for_everyone()
     if acc.is_main_process:
         if tmp.exists():
             shutil.rmtree(tmp)
-        (tmp / TRAIN_STATE_DIR).mkdir(parents=True)
+        state_dir.mkdir(parents=True)
     acc.wait_for_everyone()
-    if acc.is_main_process:
-        model.write_files(tmp, dict(extra), adapter_only=adapter_only)
-    acc.save_state(str(tmp / TRAIN_STATE_DIR), safe_serialization=True)
-    if acc.is_main_process:
-        state_dir = tmp / TRAIN_STATE_DIR
-        scales = {n: s.value.detach().cpu().reshape(1).clone() for n, s in model.logit_scales.items()}
-        save_file(scales, str(state_dir / SCALES_FILE))
-        write_json(state_dir / SCHEDULER_FILE, scheduler_state(scheduler))
-        record = dict(progress())
-        write_json(state_dir / PROGRESS_FILE, record)
+    try:
+        if acc.is_main_process:
+            model.write_files(tmp, dict(extra), adapter_only=adapter_only)
+            _write_train_state(acc, state_dir, model, optimizer, scheduler)
+        save_rng(state_dir, acc.process_index)
+        if acc.is_main_process:
+            record = dict(progress())
+            write_json(state_dir / PROGRESS_FILE, record)
+    except BaseException:
+        if acc.is_main_process:
+            remove_tree(tmp)
+        raise
     acc.wait_for_everyone()
     if acc.is_main_process:
         replace_dir(tmp, target)
@@ -104,12 +127,36 @@ def save_checkpoint(
     return target
 
 
+def _write_train_state(
+    accelerator: Any,
+    state_dir: Path,
+    model: BindModel,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+) -> None:
+    """The process-independent part of ``train_state/`` (written by the main process)."""
+    for name, encoder in model.encoders.items():
+        save_encoder(_unwrap(encoder), state_dir, name)
+    save_optimizer(optimizer, state_dir)
+    scaler = getattr(accelerator, "scaler", None)
+    if scaler is not None:
+        write_json(state_dir / SCALER_FILE, scaler.state_dict())
+    scales = {n: s.value.detach().cpu().reshape(1).clone() for n, s in model.logit_scales.items()}
+    save_file(scales, str(state_dir / SCALES_FILE))
+    write_json(state_dir / SCHEDULER_FILE, scheduler_state(scheduler))
+
+
+def _unwrap(module: torch.nn.Module) -> torch.nn.Module:
+    inner = getattr(module, "module", None)  # DistributedDataParallel
+    return inner if isinstance(inner, torch.nn.Module) else module
+
+
 def _check_same_run(latest: Path, model: BindModel, anchor_fingerprint: str) -> None:
     """Refuse to resume a checkpoint trained against another anchor or with other modality configs."""
     meta = read_meta(latest)
     if meta["anchor"].get("fingerprint") != anchor_fingerprint:
         raise ConfigError(
-            f"{latest}: trained against anchor {meta['anchor'].get('fingerprint', '?')[:12]}, but this run's "
+            f"{latest}: trained against anchor {str(meta['anchor'].get('fingerprint', '?'))[:12]}, but this run's "
             f"anchor is {anchor_fingerprint[:12]}; resume with the same anchor or use a new --output"
         )
     saved = {n: s.get("config") for n, s in meta["modalities"].items()}
@@ -122,29 +169,88 @@ def _check_same_run(latest: Path, model: BindModel, anchor_fingerprint: str) -> 
         )
 
 
+def _read_state(
+    accelerator: Any,
+    latest: Path,
+    model: BindModel,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+) -> dict[str, Any]:
+    """Every file of ``latest/train_state`` this process needs, read and checked; nothing is changed yet."""
+    state_dir = latest / TRAIN_STATE_DIR
+    encoders = {name: read_encoder(_unwrap(enc), state_dir, name) for name, enc in model.encoders.items()}
+    scales, _ = read_tensors(state_dir / SCALES_FILE)
+    if set(scales) != set(model.logit_scales) or any(t.numel() != 1 for t in scales.values()):
+        raise CheckpointError(
+            f"{state_dir / SCALES_FILE}: expected one value per modality ({', '.join(model.logit_scales)})"
+        )
+    sched = read_json(state_dir / SCHEDULER_FILE)
+    progress = read_json(state_dir / PROGRESS_FILE)
+    if not isinstance(sched, dict) or not isinstance(progress, dict) or not isinstance(progress.get("step"), int):
+        raise CheckpointError(f"{state_dir}: scheduler.json and progress.json must be mappings with a step")
+    scaler = getattr(accelerator, "scaler", None)
+    return {
+        "encoders": encoders,
+        "optimizer": read_optimizer(optimizer, state_dir),
+        "rng": read_rng(state_dir, accelerator.process_index),
+        "scaler": read_json(state_dir / SCALER_FILE) if scaler is not None else None,
+        "scales": scales,
+        "scheduler": sched,
+        "progress": progress,
+    }
+
+
+def _apply_state(
+    accelerator: Any,
+    state: Mapping[str, Any],
+    model: BindModel,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+) -> None:
+    for name, encoder in model.encoders.items():
+        _unwrap(encoder).load_state_dict(state["encoders"][name], strict=True)
+    optimizer.load_state_dict(state["optimizer"])
+    with torch.no_grad():
+        for name, scale in model.logit_scales.items():
+            scale.value.copy_(state["scales"][name].reshape(()).to(scale.value.device))
+    scheduler.load_state_dict(state["scheduler"])
+    if state["scaler"] is not None:
+        accelerator.scaler.load_state_dict(state["scaler"])
+    apply_rng(state["rng"])
+
+
 def restore_checkpoint(
     accelerator: Any,
     latest: Path,
     *,
     model: BindModel,
+    optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
     anchor_fingerprint: str,
     steps_per_epoch: int,
     total_steps: int,
 ) -> dict[str, Any]:
-    """Load the run checkpoint ``latest`` into the prepared model, optimiser and ``scheduler``; return its
-    progress record. Raises :class:`ConfigError` when it belongs to another run (anchor, modality configs, or
-    steps per epoch); a changed total only warns (the schedule follows the new total)."""
+    """Load the run checkpoint ``latest`` into the prepared model, ``optimizer``, ``scheduler`` and generators;
+    return its progress record. Raises :class:`ConfigError` when it belongs to another run (anchor, modality
+    configs, or steps per epoch; a changed total only warns: the schedule follows the new total), and
+    :class:`CheckpointError` naming the file when a part of it is missing or corrupt (nothing is changed then)."""
     _check_same_run(latest, model, anchor_fingerprint)
-    state_dir = latest / TRAIN_STATE_DIR
-    accelerator.load_state(str(state_dir))
-    scales = load_file(str(state_dir / SCALES_FILE))
-    with torch.no_grad():
-        for name, scale in model.logit_scales.items():
-            scale.value.copy_(scales[name].reshape(()).to(scale.value.device))
-    sched = json.loads((state_dir / SCHEDULER_FILE).read_text(encoding="utf-8"))
-    scheduler.load_state_dict(sched)
-    progress = json.loads((state_dir / PROGRESS_FILE).read_text(encoding="utf-8"))
+    state = _read_state(accelerator, latest, model, optimizer, scheduler)
+    return _finish_restore(accelerator, latest, state, model, optimizer, scheduler, steps_per_epoch, total_steps)
+
+
+def _finish_restore(
+    accelerator: Any,
+    latest: Path,
+    state: Mapping[str, Any],
+    model: BindModel,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    steps_per_epoch: int,
+    total_steps: int,
+) -> dict[str, Any]:
+    load_group_state(model.groups, latest / GROUPS_FILE)  # group fusions and temperatures (outside the encoders)
+    progress = state["progress"]
     if progress.get("steps_per_epoch") != steps_per_epoch:
         raise ConfigError(
             f"{latest}: the data gives {steps_per_epoch} steps per epoch, the checkpoint was made with "
@@ -156,7 +262,65 @@ def restore_checkpoint(
             progress.get("total_steps"),
             total_steps,
         )
+    _apply_state(accelerator, state, model, optimizer, scheduler)
     return progress
+
+
+def _everyone_agrees(accelerator: Any, ok: bool) -> bool:
+    """True when ``ok`` holds on every process (each reads its own generator file, so one may fail alone)."""
+    if accelerator.num_processes == 1:
+        return ok
+    flags = accelerator.gather(torch.tensor([int(ok)], device=accelerator.device))
+    return bool(flags.min().item())
+
+
+def restore_latest(
+    accelerator: Any,
+    output: Path,
+    *,
+    model: BindModel,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    anchor_fingerprint: str,
+    steps_per_epoch: int,
+    total_steps: int,
+) -> tuple[Path, dict[str, Any]] | None:
+    """Restore the newest resumable checkpoint of the run folder ``output`` (see :func:`restore_checkpoint`);
+    return it with its progress record, or None when there is none. An incomplete or corrupt checkpoint is
+    skipped with a warning for the previous one; when none is readable, :class:`CheckpointError` says why."""
+    candidates = resumable_checkpoints(output)
+    problems = []
+    for index, path in enumerate(candidates):
+        _check_same_run(path, model, anchor_fingerprint)
+        try:
+            state: dict[str, Any] | None = _read_state(accelerator, path, model, optimizer, scheduler)
+            problem = None
+        except CheckpointError as err:
+            state, problem = None, str(err)
+        if _everyone_agrees(accelerator, state is not None):
+            progress = _finish_restore(
+                accelerator,
+                path,
+                state,
+                model,
+                optimizer,
+                scheduler,
+                steps_per_epoch,
+                total_steps,  # type: ignore[arg-type]
+            )
+            return path, progress
+        problem = problem or "another process could not read its part of the train state"
+        problems.append(f"{path.name}: {problem}")
+        following = candidates[index + 1].name if index + 1 < len(candidates) else None
+        log.warning(
+            "resume: %s is incomplete or corrupt (%s); %s",
+            path,
+            problem,
+            f"falling back to {following}" if following else "no earlier checkpoint is left",
+        )
+    if candidates:
+        raise CheckpointError(f"{output}: no checkpoint can be resumed: " + "; ".join(problems))
+    return None
 
 
 def open_metrics(output: Path, start_step: int) -> TextIO:

@@ -12,6 +12,7 @@ of those three, the same in any worker, process count or resumed run.
 from __future__ import annotations
 
 import os
+import random
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -61,8 +62,6 @@ def seeded_rng(seed: int) -> Iterator[None]:
     Plugins draw their training augmentation from these global generators; seeding them per sample makes the
     augmentation a function of (seed, epoch, index), the same in any worker, process count or resumed run.
     """
-    import random
-
     py_state, np_state, torch_state = random.getstate(), np.random.get_state(), torch.get_rng_state()
     random.seed(seed)
     np.random.seed(seed)

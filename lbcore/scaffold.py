@@ -5,7 +5,7 @@ wheel), so ``lbind new-modality`` works from any installation. It renders ``<out
 pyproject.toml with the ``lbind`` entry point, the package ``lbind_<name>`` (a working 1-D signal Modality with
 ``TODO(plugin)`` marks where a real modality differs, its loader and a demo-data generator) and tests that
 inherit the contract battery.
-:func:`render_modality_plugin` is the library call; :data:`new_modality` is the ``lbind new-modality`` command.
+:func:`render_modality_plugin` is the library call; ``lbind new-modality`` (:mod:`lbcore.cli.scaffold`) calls it.
 """
 
 from __future__ import annotations
@@ -18,7 +18,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import click
+from cookiecutter.exceptions import CookiecutterException
+from cookiecutter.main import cookiecutter
 
 from lbcore.errors import LbindError
 
@@ -80,9 +81,6 @@ def render_modality_plugin(
     writes are replaced, any other file there is kept. ``description`` is the one-line summary used in the
     package metadata and docs (default: derived from the name). ``template`` overrides the template folder.
     """
-    from cookiecutter.exceptions import CookiecutterException
-    from cookiecutter.main import cookiecutter
-
     validate_modality_name(name)
     output_dir = Path(output_dir)
     target = output_dir / name
@@ -114,44 +112,3 @@ def render_modality_plugin(
     path = Path(rendered)
     log.info("rendered the %s modality plugin into %s", name, path)
     return path
-
-
-def _check_name(ctx: click.Context, param: click.Parameter, value: str) -> str:
-    try:
-        return validate_modality_name(value)
-    except ScaffoldError as err:
-        raise click.BadParameter(str(err), ctx=ctx, param=param) from err
-
-
-@click.command("new-modality")
-@click.argument("name", callback=_check_name)
-@click.option(
-    "--output-dir",
-    "-o",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=Path("."),
-    show_default=True,
-    help="Folder in which the plugin folder NAME/ is created.",
-)
-@click.option("--force", is_flag=True, help="Render into an existing NAME/ folder, replacing the template's files.")
-@click.option("--description", help="One-line summary of the modality for the package metadata.")
-def new_modality(name: str, output_dir: Path, force: bool, description: str | None) -> None:
-    """Create a new modality plugin distribution NAME/ (package lbind_NAME) from the template."""
-    from rich.console import Console
-
-    try:
-        path = render_modality_plugin(name, output_dir, force=force, description=description)
-    except ScaffoldError as err:
-        raise click.ClickException(str(err)) from err
-    console = Console()
-    console.print(f"[green]created[/] the {name} modality plugin in [bold]{path}[/]", highlight=False, soft_wrap=True)
-    console.print(
-        "next:\n"
-        f"  fill in the places marked TODO(plugin) in {path / f'lbind_{name}' / 'modality.py'} and demo.py\n"
-        f"  pytest {path / 'tests'}\n"
-        f"  pip install -e {path}\n"
-        "  lbind modalities\n"
-        f"  lbind train --modality {name}",
-        highlight=False,
-        soft_wrap=True,  # paths must stay copyable, never broken across lines
-    )

@@ -23,7 +23,7 @@ import torch.distributed as dist
 from lbcore.anchor import Anchor, AnchorLike, TextEmbeddingCache, encode_checked
 from lbcore.config import AnchorConfig
 from lbcore.errors import TextStoreError
-from lbcore.manifest import read_manifest
+from lbcore.manifestindex import open_manifest
 from lbcore.textstore import TextStore, text_keys
 
 logger = logging.getLogger(__name__)
@@ -57,15 +57,25 @@ def _default_barrier(world: int) -> Callable[[], None]:
 
 
 def _encode_share(
-    anchor: AnchorLike, todo: list[str], store: TextStore, batch_size: int, shard_rows: int
+    anchor: AnchorLike,
+    todo: list[str],
+    store: TextStore,
+    batch_size: int,
+    shard_rows: int,
+    progress: Callable[[int, int], None] | None = None,
 ) -> list[Path]:
-    """Encode ``todo`` in batches, writing a shard every ``shard_rows`` captions; returns the shards written."""
+    """Encode ``todo`` in batches, writing a shard every ``shard_rows`` captions; returns the shards written.
+    ``progress(done, total)`` is called before the first batch and after each."""
     written, started = [], time.perf_counter()
+    if progress is not None and todo:
+        progress(0, len(todo))
     for start in range(0, len(todo), shard_rows):
         chunk = todo[start : start + shard_rows]
         rows = np.empty((len(chunk), anchor.embed_dim), dtype=np.float32)
         for b in range(0, len(chunk), batch_size):
             rows[b : b + batch_size] = encode_checked(anchor, chunk[b : b + batch_size], batch_size).numpy()
+            if progress is not None:
+                progress(start + min(b + batch_size, len(chunk)), len(todo))
         path = store.write_shard(chunk, rows)
         if path is not None:
             written.append(path)
@@ -85,13 +95,14 @@ def precompute_captions(
     barrier: Callable[[], None] | None = None,
     shard_rows: int = 1_000_000,
     compact: bool = False,
+    progress: Callable[[int, int], None] | None = None,
 ) -> PrepassReport:
     """Make ``store`` hold every caption of ``texts``: this rank encodes its share of the missing ones.
 
     Every rank calls it with the same ``texts`` and its own ``rank`` (of ``world``); ``anchor`` sits on the
     rank's device. ``barrier`` (default ``torch.distributed.barrier`` when initialised) waits for all ranks;
     with ``compact``, rank 0 then merges the shards into few (:meth:`TextStore.compact`) while the others wait
-    at a second barrier. Raises :class:`~lbcore.errors.TextStoreError` if a caption is still missing after the
+    at a second barrier. ``progress(done, total)`` counts this rank's captions as they are encoded. Raises :class:`~lbcore.errors.TextStoreError` if a caption is still missing after the
     barrier (a rank failed, or the store folder is not on a filesystem all ranks share).
     """
     if not 0 <= rank < world:
@@ -109,7 +120,7 @@ def precompute_captions(
     logger.info("caption pre-pass rank %d/%d: %d distinct captions, %d of its %d to encode", rank, world,
                 len(unique), len(todo), len(mine))  # fmt: skip
     with torch.inference_mode():
-        written = _encode_share(anchor, todo, store, batch_size, shard_rows)
+        written = _encode_share(anchor, todo, store, batch_size, shard_rows, progress)
     wait()
     if compact:
         if rank == 0:
@@ -125,12 +136,14 @@ def precompute_captions(
     return PrepassReport(len(unique), len(todo), written, time.perf_counter() - started, store)
 
 
-def manifest_captions(manifests: Sequence[str | Path]) -> list[str]:
-    """Every distinct caption of the JSONL/CSV ``manifests``, first-seen order (media files are not checked)."""
+def manifest_captions(manifests: Sequence[str | Path], manifest_cache: str | Path | None = None) -> list[str]:
+    """Every distinct caption of the JSONL/CSV ``manifests`` (plain or paired), first-seen order (media files are
+    not checked). Each is read through its memory-mapped index (:func:`lbcore.manifestindex.open_manifest`,
+    under ``manifest_cache``), which training then finds built."""
     seen: dict[str, None] = {}
     for manifest in manifests:
-        for entry in read_manifest(manifest, check_files=False):
-            seen.update(dict.fromkeys(entry.captions))
+        texts, _ = open_manifest(manifest, manifest_cache).caption_index()
+        seen.update(dict.fromkeys(texts))
     return list(seen)
 
 
@@ -142,14 +155,16 @@ def cache_manifest_texts(
     barrier: Callable[[], None] | None = None,
     device: str | torch.device | None = None,
     compact: bool = False,
+    manifest_cache: str | Path | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> PrepassReport:
     """The pre-pass of ``lbind cache-text``: the captions of ``manifests`` into the store of ``anchor_cfg``
     (its ``cache_dir``, else the default cache), encoded on ``device`` in batches of ``anchor_cfg.batch_size``."""
-    texts = manifest_captions(manifests)
+    texts = manifest_captions(manifests, manifest_cache)
     anchor = Anchor.from_config(anchor_cfg)
     if device is not None:
         anchor.to(device)
     store = TextEmbeddingCache(anchor_cfg.cache_dir).store(anchor.fingerprint, anchor.embed_dim, anchor.name)
     return precompute_captions(
-        anchor, texts, store, rank, world, anchor_cfg.batch_size, barrier=barrier, compact=compact
+        anchor, texts, store, rank, world, anchor_cfg.batch_size, barrier=barrier, compact=compact, progress=progress
     )  # fmt: skip

@@ -25,18 +25,25 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
+from accelerate import Accelerator
+from accelerate.utils import gather_object, is_tensorboard_available, set_seed
 from torch import nn
 
+from lbcore import traindata
 from lbcore.checkpoint import FINAL_NAME, find_latest, step_dir_name, write_json
+from lbcore.convert import load_clip_vision_into, load_languagebind_into
 from lbcore.data import Batch, ErrorBudget
-from lbcore.engine import ContrastiveEngine, StepResult
+from lbcore.engine import NonFiniteBudget, StepResult
 from lbcore.errors import ConfigError
+from lbcore.groupengine import engine_for
+from lbcore.grouping import build_groups
 from lbcore.lora import apply_lora
 from lbcore.modality import Modality
 from lbcore.model import BindModel
 from lbcore.optim import build_optimizer, build_scheduler
+from lbcore.pairdata import draw_micro
 from lbcore.runconfig import TrainPlan, resolve_config
-from lbcore.runstate import adapter_modalities, open_metrics, restore_checkpoint, save_checkpoint
+from lbcore.runstate import adapter_modalities, open_metrics, restore_latest, save_checkpoint
 from lbcore.samples import derive_seed
 from lbcore.traindata import build_loaders, caption_tables, open_datasets, steps_per_epoch
 
@@ -106,12 +113,8 @@ class Trainer:
 
     # -- set-up ----------------------------------------------------------------------------------------
     def _setup_accelerator(self) -> None:
-        from accelerate import Accelerator
-
         kwargs: dict[str, Any] = {}
         if self.cfg.tensorboard:
-            from accelerate.utils import is_tensorboard_available
-
             if not is_tensorboard_available():
                 raise ConfigError(
                     "train.tensorboard: the tensorboard package is not installed (pip install tensorboard)"
@@ -129,7 +132,7 @@ class Trainer:
     def _setup_data(self) -> None:
         """Datasets, then every caption through the anchor's cache once (the anchor is released afterwards)."""
         acc = self.accelerator
-        self.modalities, self.manifests, self.datasets = open_datasets(self.plan, acc)
+        self.modalities, self.manifests, self.datasets = open_datasets(self.plan, acc, self.threads.workers)
         report = None
         if self.progress is not None:
             report = lambda done, total: self.progress(TrainEvent("captions", done, total))  # noqa: E731
@@ -141,8 +144,6 @@ class Trainer:
     def _init_encoder(self, name: str, modality: Modality, encoder: nn.Module) -> float | None:
         """Load the configured initial weights into ``encoder``; return the logit scale (log) they come with. The
         path is passed as a str: the loaders take a hub id there too (lbcore.hub)."""
-        from lbcore.convert import load_clip_vision_into, load_languagebind_into
-
         kind, _, init_path = self._init_spec(name).partition(":")
         if kind == "clip":
             for line in load_clip_vision_into(encoder, init_path):
@@ -163,8 +164,6 @@ class Trainer:
                 log.warning("%s: its encoder has no set_grad_checkpointing(); checkpointing is off", name)
 
     def _setup_model(self) -> None:
-        from accelerate.utils import set_seed
-
         encoders: dict[str, nn.Module] = {}
         init_scales: dict[str, float] = {}  # logit scales (log) that come with an initialisation
         self.param_counts: dict[str, dict[str, int]] = {}
@@ -177,14 +176,8 @@ class Trainer:
             counts = apply_lora(encoder, modality.config, where=f"modalities.{name}.")
             self._set_grad_checkpointing(name, encoder)
             self.param_counts[name] = counts
-            log.info(
-                "%s: %s trainable of %s parameters (LoRA rank %d: %s adapter parameters)",
-                name,
-                f"{counts['trainable']:,}",
-                f"{counts['total']:,}",
-                modality.config.lora.rank,
-                f"{counts['lora']:,}",
-            )
+            log.info("%s: %s trainable of %s parameters (LoRA rank %d: %s adapter parameters)", name,
+                     f"{counts['trainable']:,}", f"{counts['total']:,}", modality.config.lora.rank, f"{counts['lora']:,}")  # fmt: skip
             encoders[name] = encoder
         self.model = BindModel(
             self.plan.anchor,
@@ -193,6 +186,7 @@ class Trainer:
             init_scales,
             anchor_fingerprint=self.anchor_fingerprint,
             embed_dim=self.embed_dim,
+            groups=build_groups(self.cfg.groups, self.embed_dim, self.cfg.group_fusion, self.cfg.group_linear),
         )
 
     def _setup_schedule(self) -> None:
@@ -212,7 +206,7 @@ class Trainer:
             seed=self.cfg.seed,
             grad_accum=self.cfg.grad_accum,
             steps=self.steps_per_epoch,
-            num_workers=self.cfg.num_workers,
+            num_workers=self.threads.workers,
         )
         self.budgets = {
             name: ErrorBudget(len(ds), self.cfg.error_budget, str(self.manifests[name]))
@@ -223,6 +217,7 @@ class Trainer:
         """Everything before the first step: accelerator, data and captions, model, schedule, engine, loaders."""
         self._setup_accelerator()
         acc = self.accelerator
+        self.threads = traindata.thread_policy(self.plan, acc)  # torch threads and loader workers for this machine
         latest = find_latest(self.output) if self.output.is_dir() else None
         if latest is not None and not self.cfg.resume:
             raise ConfigError(
@@ -234,9 +229,9 @@ class Trainer:
         self._setup_data()
         self._setup_model()
         self._setup_schedule()
-        optimizer = build_optimizer(self.model, self.cfg.lr_multipliers)
+        optimizer = build_optimizer(self.model, self.cfg.lr_multipliers, device=acc.device)  # fused on CUDA
         self.scheduler = build_scheduler(optimizer, self.model, self.total_steps)
-        self.engine = ContrastiveEngine(
+        self.engine = engine_for(self.cfg.groups, self.cfg.group_weight)(
             acc,
             self.model,
             self.text_tables,
@@ -244,6 +239,7 @@ class Trainer:
             scheduler=self.scheduler,
             seed=self.cfg.seed,
             max_grad_norm=self.cfg.max_grad_norm,
+            local_loss=self.cfg.local_loss,
         )
         self._setup_loaders()
 
@@ -281,6 +277,7 @@ class Trainer:
             self.accelerator,
             self.output / name,
             model=self.model,
+            optimizer=self.engine.optimizer,
             scheduler=self.scheduler,
             extra=extra,
             progress=lambda: self._progress_state(step),
@@ -291,19 +288,20 @@ class Trainer:
         return target
 
     def _resume(self) -> int:
-        latest = find_latest(self.output)
-        if latest is None:
-            log.info("resume: no checkpoint in %s; starting from scratch", self.output)
-            return 0
-        progress = restore_checkpoint(
+        restored = restore_latest(
             self.accelerator,
-            latest,
+            self.output,
             model=self.model,
+            optimizer=self.engine.optimizer,
             scheduler=self.scheduler,
             anchor_fingerprint=self.anchor_fingerprint,
             steps_per_epoch=self.steps_per_epoch,
             total_steps=self.total_steps,
         )
+        if restored is None:
+            log.info("resume: no checkpoint in %s; starting from scratch", self.output)
+            return 0
+        latest, progress = restored
         for name, failures in progress.get("failures", {}).items():
             if name in self.budgets:
                 self.budgets[name].failures.update(failures)
@@ -320,10 +318,11 @@ class Trainer:
         acc = self.accelerator
         self.samples_seen = 0
         self.elapsed_before = 0.0
+        self.nonfinite = NonFiniteBudget(self.cfg.max_nonfinite_steps)
         self.started = time.perf_counter()
         start_step = self._resume() if self.cfg.resume else 0
         if self.cfg.tensorboard:
-            acc.init_trackers("lbind", config=_flat_hparams(self.plan))
+            acc.init_trackers("lbind", config=self.plan.hparams())
         final = self.output / FINAL_NAME
         metrics_handle = open_metrics(self.output, start_step) if acc.is_main_process else None
         try:
@@ -358,8 +357,6 @@ class Trainer:
         }
 
     def _account_failures(self, micro: Mapping[str, Sequence[Batch]], step: int) -> None:
-        from accelerate.utils import gather_object
-
         acc = self.accelerator
         local = [
             (name, path, reason) for name, batches in micro.items() for b in batches for path, reason in b.failures
@@ -386,18 +383,14 @@ class Trainer:
         tick = time.perf_counter()
         while step < self.total_steps:
             epoch, offset = divmod(step, self.steps_per_epoch)
-            iterators = {}
-            for name, loader in self.loaders.items():
-                self.samplers[name].set_epoch(epoch)
-                if offset:
-                    # Mid-epoch resume: skip the batches already trained on, without loading them.
-                    loader = acc.skip_first_batches(loader, offset * k)
-                iterators[name] = iter(loader)
+            # Mid-epoch resume: skip the batches already trained on, without decoding them.
+            iterators = traindata.epoch_iterators(self.loaders, self.samplers, epoch, offset * k, acc)
             for _ in range(offset, self.steps_per_epoch):
-                micro = {name: [next(it) for _ in range(k)] for name, it in iterators.items()}
+                micro = draw_micro(iterators, k)  # per modality; a group's loader yields its members' batches
                 self._account_failures(micro, step)
                 result = self.engine.step(micro, step)
                 step += 1
+                self.nonfinite.record(result, step, log_it=acc.is_main_process)
                 now = time.perf_counter()
                 samples = sum(result.samples.values())
                 self.samples_seen += samples
@@ -431,9 +424,11 @@ class Trainer:
             record[f"loss/{name}"] = result.losses.get(name, float("nan"))
             record[f"logit_scale/{name}"] = self.model.logit_scale(name)
             record[f"lr/{name}"] = result.lrs.get(name, float("nan"))
+        record.update({f"loss/{key}": v for key, v in result.losses.items() if key not in self.modalities})
         if result.grad_norm is not None:
             record["grad_norm"] = result.grad_norm
         record["skipped"] = sum(len(b.failures) for b in self.budgets.values())
+        record["nonfinite_steps"] = self.nonfinite.total
         return record
 
     def _log_window(self, window: list[dict[str, float]], step: int) -> None:
@@ -471,23 +466,6 @@ class Trainer:
             "skipped_files": {n: b.failures for n, b in self.budgets.items()},
             "processes": self.accelerator.num_processes,
         }
-
-
-def _flat_hparams(plan: TrainPlan) -> dict[str, Any]:
-    """Scalar hyper-parameters for TensorBoard (nested keys joined with '/')."""
-    out: dict[str, Any] = {}
-
-    def walk(prefix: str, value: Any) -> None:
-        if isinstance(value, dict):
-            for k, v in value.items():
-                walk(f"{prefix}/{k}" if prefix else str(k), v)
-        elif isinstance(value, (int, float, str, bool)):
-            out[prefix] = value
-        elif value is not None:
-            out[prefix] = str(value)
-
-    walk("", plan.to_dict())
-    return out
 
 
 def train(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 import yaml
@@ -137,3 +138,72 @@ def test_run_config_train_section_is_validated(tmp_path: Path, signal_plugin: st
     cfg.write_text("modalities:\n  signal: {preset: demo}\ntrain:\n  max_step: 5\n")
     with pytest.raises(ConfigError, match=r"train\.max_step: Extra inputs are not permitted"):
         load_run_config(cfg)
+
+
+def test_non_finite_and_out_of_range_optimiser_settings_are_rejected(tmp_path: Path, signal_plugin: str) -> None:
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text(
+        "modalities:\n  signal:\n    preset: demo\n    optim:\n      lr: .inf\n      betas: [1.5, -1]\n"
+        "      weight_decay: .nan\n      eps: 0\n"
+    )
+    with pytest.raises(ConfigError) as err:
+        load_run_config(cfg)
+    text = str(err.value)
+    for field in ("optim.lr", "optim.betas.0", "optim.betas.1", "optim.weight_decay", "optim.eps"):
+        assert f"modalities.signal.{field}:" in text, (field, text)
+    assert "finite" in text
+    cfg.write_text(
+        "modalities:\n  signal:\n    preset: demo\n    optim:\n      lr: 1.0e-3\n      betas: [0.0, 0.999]\n"
+    )
+    _, mods = load_run_config(cfg)
+    assert mods["signal"].optim.betas == (0.0, 0.999)
+
+
+def test_cross_field_rules_and_every_bad_section_are_reported_at_once(tmp_path: Path, signal_plugin: str) -> None:
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text(
+        yaml.safe_dump(
+            {
+                "anchor": {"max_length": 0},
+                "modalities": {"signal": {"preset": "demo", "encoder": {"width": 30, "heads": 4}, "mask_ratio": 2}},
+                "train": {"max_steps": -1, "seed": "x"},
+            }
+        )
+    )
+    with pytest.raises(ConfigError) as err:
+        load_run_config(cfg)
+    lines = str(err.value).splitlines()
+    for expected in ("anchor.max_length", "train.max_steps", "train.seed", "modalities.signal.mask_ratio"):
+        assert any(f"{cfg}: {expected}:" in line for line in lines), (expected, lines)
+    # A cross-field rule runs once the fields themselves are valid.
+    cfg.write_text(yaml.safe_dump({"modalities": {"signal": {"preset": "demo", "encoder": {"width": 30, "heads": 4}}}}))
+    with pytest.raises(ConfigError, match=r"modalities\.signal\.encoder: .*heads \(4\) must divide width \(30\)"):
+        load_run_config(cfg)
+
+
+def test_image_config_checks_patch_size_and_per_channel_lists() -> None:
+    from lbcore.config import ImageConfig
+    from lbcore.config import validate_model as check
+
+    with pytest.raises(ConfigError) as err:
+        check(ImageConfig, {"image_size": 8, "encoder": {"patch_size": 14}, "mean": [0.5, 0.5], "std": [1, 0, 1]})
+    text = str(err.value)
+    assert "image_size (8) is smaller than one encoder.patch_size (14) patch" in text
+    assert "mean has 2 entries but in_chans is 3" in text and "std [1.0, 0.0, 1.0] must be positive" in text
+    one = check(ImageConfig, {"in_chans": 1, "mean": [0.5], "std": [0.25]})
+    assert one.in_chans == 1
+
+
+def test_an_rgb_modality_refuses_in_chans_its_preprocessing_cannot_give() -> None:
+    from lbcore.image import ImageLikeModality
+
+    class Rgb(ImageLikeModality):
+        name = "rgbtest"
+        presets: ClassVar = {"languagebind": {}, "demo": {}}
+
+        def example_input(self, seed: int = 0):
+            return None
+
+    with pytest.raises(ConfigError, match="in_chans is 1, but rgbtest preprocessing yields 3-channel input"):
+        Rgb({"in_chans": 1, "mean": [0.5], "std": [0.5]})
+    assert Rgb.config_problems(Rgb.Config()) == []

@@ -18,6 +18,7 @@ import string
 from pathlib import Path
 from typing import Any, ClassVar
 
+import click
 import numpy as np
 import pytest
 import torch
@@ -30,10 +31,10 @@ from transformers import CLIPConfig, CLIPModel, CLIPTokenizer
 import lbcore
 from lbcore import hookimpl
 from lbcore.checkpoint import META_FILE
+from lbcore.cli.convert import convert
 from lbcore.config import ImageConfig
 from lbcore.convert import load_clip_vision_into, load_languagebind_into
 from lbcore.convert.writer import convert_languagebind
-from lbcore.convert_cli import convert
 from lbcore.errors import CheckpointError, ConfigError, ModalityNotFoundError, UnknownReleaseError
 from lbcore.image import ImageLikeModality
 from lbcore.plugins import default_registry, reset_default_registry
@@ -483,10 +484,10 @@ def test_two_modalities_share_one_anchor_and_another_text_tower_is_refused(tmp_p
 
 
 def test_convert_is_an_lbind_command_and_needs_tokenizer_files(tmp_path: Path) -> None:
-    from lbcore import cli as cli_module
+    from lbcore.cli import cli
 
-    cli_module._add_core_commands()
-    assert "convert" in cli_module.cli.commands
+    with click.Context(cli) as ctx:
+        assert cli.get_command(ctx, "convert") is convert
     src = write_release(tmp_path / "rel", tiny_clip(0), "LanguageBindDepth", tokenizer=False)
     with pytest.raises(CheckpointError, match=r"no tokenizer files.*--tokenizer"):
         convert_languagebind(src, tmp_path / "out")

@@ -417,7 +417,7 @@ def test_workers_preprocess_with_one_thread_each_and_the_job_restores_torch_thre
 
 
 def test_batches_hold_the_items_of_consecutive_slices_failures_included() -> None:
-    from lbcore.embedding import _batches
+    from lbcore.prefetch import regroup
     from lbcore.samples import Preprocessed
 
     class Stack:
@@ -436,7 +436,7 @@ def test_batches_hold_the_items_of_consecutive_slices_failures_included() -> Non
         for i in range(11)
     ]
     fetches = iter([items[0:4], items[4:8], items[8:11]])  # fetches of 4 do not line up with batches of 3
-    batches = list(_batches(Stack(), fetches, 3))  # type: ignore[arg-type]
+    batches = list(regroup(Stack(), fetches, 3))  # type: ignore[arg-type]
     assert [b.indices for b in batches] == [[0, 1, 2], [5], [6, 7, 8], [10]]
     assert [sorted(b.failures) for b in batches] == [[], [3, 4], [], [9]]
     assert batches[2].inputs is not None and batches[2].inputs[:, 0].tolist() == [6.0, 7.0, 8.0]

@@ -268,10 +268,11 @@ def test_cli_eval_writes_a_result_card_with_hashes_a_table_and_a_plot(
     run_cli(["eval", "-c", str(ckpt), "--data", str(manifest), "-o", str(card_path), "--num-workers", "0"])
     card = json.loads(card_path.read_text())
     weights = ckpt / "vec.safetensors"
-    # the checkpoint hash is defined over "<name>\0<sha256>\n" lines of its safetensors files
-    expected = hashlib.sha256(f"vec.safetensors\0{sha256_file(weights)}\n".encode()).hexdigest()
-    assert card["checkpoint"]["sha256"] == expected
-    assert card["checkpoint"]["files"] == {"vec.safetensors": sha256_file(weights)}
+    # the checkpoint hash is defined over "<name>\0<sha256>\n" lines of its safetensors files, then lbind.json
+    meta_sha = sha256_file(ckpt / "lbind.json")
+    expected = hashlib.sha256(f"vec.safetensors\0{sha256_file(weights)}\nlbind.json\0{meta_sha}\n".encode())
+    assert card["checkpoint"]["sha256"] == expected.hexdigest()
+    assert card["checkpoint"]["files"] == {"vec.safetensors": sha256_file(weights), "lbind.json": meta_sha}
     assert card["anchor"]["fingerprint"] == fp
     assert card["lbind_version"] and card["time_s"] > 0
     assert card["task"] == "classification" and card["modality"] == "vec"
@@ -471,6 +472,53 @@ def test_fused_inputs_average_the_two_modalities_logits(fp: str, tmp_path: Path)
     assert card["metrics_per_modality"]["vec2"]["top1"] == pytest.approx(50.0)
     assert card["metrics"]["top1"] == pytest.approx(75.0)
     assert card["templates"] == {"vec": ["a {} vector.", "the {}."], "vec2": ["a {} thing."]}
+
+
+def test_grouped_evaluation_scores_the_trained_fusion_beside_members_and_logit_fusion(fp: str, tmp_path: Path) -> None:
+    from lbcore.grouping import build_groups
+
+    model = make_model(fp, ("vec", "vec2"))
+    model.groups = build_groups([["vec", "vec2"]], DIM)
+    rng = np.random.default_rng(3)
+    weight = np.eye(DIM) + 0.4 * rng.standard_normal((DIM, DIM))
+    with torch.no_grad():
+        model.groups["vec+vec2"].mix.copy_(torch.tensor([0.8, -0.3]))
+        model.groups["vec+vec2"].proj.weight.copy_(torch.tensor(weight, dtype=torch.float32))
+    ckpt = model.save_pretrained(tmp_path / "ckpt")
+    data = tmp_path / "data"
+    labels = ["cat", "dog", "owl"]
+    rows, va, vb = [], rng.standard_normal((9, DIM)), rng.standard_normal((9, DIM))
+    for i in range(9):
+        write_vec(data / f"v{i}.npy", va[i])
+        write_vec(data / f"d{i}.npy", vb[i])
+        rows.append({"vec": f"v{i}.npy", "vec2": f"d{i}.npy", "label": labels[i % 3]})
+    manifest = write_jsonl(data / "paired.jsonl", rows)
+    card_path = tmp_path / "group.json"
+    run_cli(["eval", "-c", str(ckpt), "--group", "vec,vec2", "--data", str(manifest), "-o", str(card_path),
+             "--num-workers", "0", "--no-plot"])  # fmt: skip
+    card = json.loads(card_path.read_text())
+
+    # Independent computation: softmax weights, the linear map, normalise; prototypes from all three templates.
+    w = np.exp([0.8, -0.3]) / np.exp([0.8, -0.3]).sum()
+    fused = np.stack([unit(weight @ (w[0] * unit(a) + w[1] * unit(b))) for a, b in zip(va, vb, strict=True)])
+    templates = ["a {} vector.", "the {}.", "a {} thing."]
+    protos = np.stack([unit(sum(unit(PROMPTS[t.format(c)]) for t in templates)) for c in labels])
+    predicted = (fused @ protos.T).argmax(1)
+    expected_top1 = 100 * np.mean(predicted == np.arange(9) % 3)
+    assert card["metrics"]["top1"] == pytest.approx(expected_top1)
+    confusion = np.zeros((3, 3), int)
+    for i, p in enumerate(predicted):
+        confusion[i % 3, p] += 1
+    assert card["metrics"]["confusion"] == confusion.tolist()
+    assert set(card["metrics_per_modality"]) == {"vec", "vec2"}
+    group = card["group"]
+    assert group["members"] == ["vec", "vec2"] and group["fusion"] == "learned" and group["trained"]
+    assert group["member_weights"] == pytest.approx({"vec": w[0], "vec2": w[1]})
+    assert "top1" in group["logit_fusion"] and card["templates"]["group"] == templates
+    assert card_path.name == "group.json"
+    from lbcore.cards import default_card_path
+
+    assert default_card_path(ckpt, card).name == "group-vec+vec2-paired-manifest-paired.json"
 
 
 def test_a_plugin_reader_by_name_and_its_options(fp: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

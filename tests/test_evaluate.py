@@ -100,13 +100,21 @@ def test_checkpoint_digest_covers_weights_and_adapter_bases(tmp_path) -> None:
     (tmp_path / META_FILE).write_text(json.dumps(meta))
     full = checkpoint_digest(tmp_path)
     line = f"depth.safetensors\0{hashlib.sha256(b'weights').hexdigest()}\n"
-    assert full["sha256"] == hashlib.sha256(line.encode()).hexdigest() and "bases" not in full
+
+    def meta_line() -> str:
+        return f"{META_FILE}\0{hashlib.sha256((tmp_path / META_FILE).read_bytes()).hexdigest()}\n"
+
+    assert full["sha256"] == hashlib.sha256((line + meta_line()).encode()).hexdigest() and "bases" not in full
     for base in ("a" * 64, "b" * 64):  # same adapter file, different base weights -> different digest
         meta["modalities"]["depth"] = {"base": {"source": "clip:/x", "sha256": base}}
         (tmp_path / META_FILE).write_text(json.dumps(meta))
         got = checkpoint_digest(tmp_path)
         assert got["bases"] == {"depth": base}
-        assert got["sha256"] == hashlib.sha256((line + f"base:depth\0{base}\n").encode()).hexdigest()
+        expected = line + meta_line() + f"base:depth\0{base}\n"
+        assert got["sha256"] == hashlib.sha256(expected.encode()).hexdigest()
+    # The same weights under a renamed modality are another checkpoint.
+    (tmp_path / META_FILE).write_text(json.dumps({**meta, "modalities": {"audio": {}}}))
+    assert checkpoint_digest(tmp_path)["sha256"] != got["sha256"]
 
 
 def test_moved_names_keep_their_old_import_path_with_a_deprecation_warning() -> None:

@@ -28,9 +28,9 @@ import lbcore
 from lbcore.anchor import Anchor
 from lbcore.cards import default_card_path
 from lbcore.checkpoint import META_FILE
+from lbcore.cli.convert import convert
 from lbcore.convert import load_clip_vision_into
 from lbcore.convert.writer import convert_languagebind
-from lbcore.convert_cli import convert
 from lbcore.errors import AnchorError, CheckpointError, HubError, HubNotCachedError
 from lbcore.hub import HubId, cache_folder, hub_origin, parse_hub_id, resolve
 from lbcore.model import base_reference

@@ -332,3 +332,75 @@ def test_photo_word_is_replaced_as_a_whole_word():
     assert all(depth[i] == IMAGENET_TEMPLATES[i] for i in range(80) if i not in with_photo)
     assert imagenet_templates() == IMAGENET_TEMPLATES
     assert imagenet_templates("video")[1] == "a video of many {}."
+
+
+# -- bounded cost ------------------------------------------------------------------------------------------
+
+BOUND_SCRIPT = """
+import resource, sys
+import torch
+from lbcore.config import ImageConfig
+from lbcore.errors import InputError
+from lbcore.image import load_rgb, resize_crop_normalize
+
+cfg = ImageConfig(image_size=224)
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+try:
+    x = resize_crop_normalize(load_rgb(sys.argv[1]), cfg)
+    outcome = f"tensor {tuple(x.shape)} finite={bool(torch.isfinite(x).all())}"
+except InputError as err:
+    outcome = f"InputError {err}"
+grown = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
+print(outcome)
+print(grown // 1024)  # MiB (ru_maxrss is in KiB on Linux)
+"""
+
+
+@pytest.mark.parametrize("width", [20_000, 100_000])
+def test_a_one_pixel_high_strip_costs_memory_of_the_output_size(tmp_path, width):
+    import subprocess
+    import sys
+
+    path = tmp_path / "strip.png"
+    Image.fromarray(np.arange(width, dtype=np.uint32).astype(np.uint8)[None, :]).save(path)
+    done = subprocess.run(
+        [sys.executable, "-c", BOUND_SCRIPT, str(path)], capture_output=True, text=True, timeout=300, check=True
+    )
+    outcome, grown_mib = done.stdout.strip().splitlines()
+    assert outcome == "tensor (3, 224, 224) finite=True"
+    # Unbounded, the 224-px short side makes the strip 224 x (224 * width) floats: 12 GB at 20 000 pixels.
+    assert int(grown_mib) < 200, f"preprocessing grew the process by {grown_mib} MiB"
+
+
+def test_extreme_aspect_ratios_are_centre_cropped_to_four_to_one_first():
+    from lbcore.image import MAX_ASPECT_RATIO, limit_aspect
+
+    assert MAX_ASPECT_RATIO == 4
+    x = torch.arange(2 * 3 * 50, dtype=torch.float32).reshape(2, 3, 50)  # [C, 3, 50]: 50 / 3 > 4
+    assert torch.equal(limit_aspect(x), x[..., :, 19:31])  # the centre 12 = 4 x 3 columns
+    assert torch.equal(limit_aspect(x.transpose(1, 2)), x.transpose(1, 2)[..., 19:31, :])
+    within = torch.zeros(3, 10, 40)
+    assert limit_aspect(within) is within
+    # Up to 4:1 the output is the plain resize + centre crop (torchvision's reference).
+    img = torch.rand(3, 10, 40)
+    bicubic = transforms.InterpolationMode.BICUBIC
+    reference = transforms.CenterCrop(32)(transforms.Resize(32, interpolation=bicubic, antialias=False)(img))
+    torch.testing.assert_close(resize_crop(img, _cfg()), reference)
+
+
+def test_a_header_declaring_huge_dimensions_is_refused_before_decoding(tmp_path, monkeypatch):
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    # Pillow itself only warns between its limit and twice that; lbind refuses everything over the limit.
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1_000_000)
+    header = struct.pack(">IIBBBBB", 1500, 1000, 8, 0, 0, 0, 0)  # 8-bit grey, 1.5 megapixels
+    png = (
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+    )
+    (tmp_path / "huge.png").write_bytes(png)
+    with pytest.raises(InputError, match=r"huge\.png: 1500 x 1000 pixels \(1,500,000\) is more than the 1,000,000"):
+        read_image(tmp_path / "huge.png")

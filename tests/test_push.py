@@ -14,11 +14,12 @@ from click.testing import CliRunner
 from huggingface_hub import HfApi, ModelCard
 
 from lbcore.cards import CARD_FORMAT, cards_of, checkpoint_digest, write_card
+from lbcore.cli import load_command
+from lbcore.cli.push import push
 from lbcore.errors import CheckpointError, HubError
 from lbcore.modelcard import GENERATED_MARK, base_models, portability_problems
 from lbcore.plugins import default_registry
 from lbcore.push import push_checkpoint
-from lbcore.push_cli import push
 
 
 def _sibling(name: str) -> ModuleType:
@@ -190,10 +191,7 @@ def test_push_refuses_what_it_cannot_upload(tmp_path: Path, checkpoint: Path, mo
 
 
 def test_the_push_command(checkpoint: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from lbcore import cli as cli_module
-
-    cli_module._add_core_commands()
-    assert cli_module.cli.commands["push"] is push
+    assert load_command("push") is push
     hub = FakeHub(monkeypatch)
     args = [str(checkpoint), "me/pic-model", "--private", "--license", "apache-2.0", "-m", "first", "--branch", "b1"]
     result = CliRunner().invoke(push, args, env={"HF_TOKEN": "hf_env"})

@@ -15,8 +15,9 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from lbcore.cli.scaffold import new_modality
 from lbcore.plugins import PluginRegistry
-from lbcore.scaffold import ScaffoldError, new_modality, render_modality_plugin, template_dir, validate_modality_name
+from lbcore.scaffold import ScaffoldError, render_modality_plugin, template_dir, validate_modality_name
 
 try:
     import tomllib

@@ -642,17 +642,17 @@ def test_modalities_sharing_a_paired_manifest_take_the_rows_with_their_key(fk: A
     _, manifests, datasets = open_datasets(plan, acc)
     assert manifests == {"sig": paired, "sig2": paired}
     root = (tmp_path / "data").resolve()
-    assert datasets["sig"].paths == [root / f"s1-{i:04d}.npy" for i in range(24)]
-    assert datasets["sig2"].paths == [root / f"s2-{i:04d}.npy" for i in range(16)]
-    assert datasets["sig2"].captions.texts == ("wave 0", "wave 1", "wave 2", "wave 3")
+    assert list(datasets["sig"].paths) == [root / f"s1-{i:04d}.npy" for i in range(24)]
+    assert list(datasets["sig2"].paths) == [root / f"s2-{i:04d}.npy" for i in range(16)]
+    assert list(datasets["sig2"].captions.texts) == ["wave 0", "wave 1", "wave 2", "wave 3"]
 
     plain = fk.write_signals(tmp_path / "plain", 8)  # rows with one 'path' serve every modality that reads them
     _, _, datasets = open_datasets(
         resolve_config(apply_overrides({}, modalities=["sig", "sig2"], data=[str(plain)])), acc
     )
     assert (
-        datasets["sig"].paths
-        == datasets["sig2"].paths
+        list(datasets["sig"].paths)
+        == list(datasets["sig2"].paths)
         == [plain.parent.resolve() / f"s0-{i:04d}.npy" for i in range(8)]
     )
     bad = write_manifest(
@@ -751,6 +751,7 @@ def test_killed_run_resumes_to_the_same_weights(fk: Any, site: Path, anchor_dir:
     cfg = run_config(anchor_dir, tmp_path / "whole", {"sig": manifest}, epochs=3, grad_accum=2, save_every=5)
     cfg["modalities"]["sig"] = {"mask_ratio": 0.25}
     cfg["train"]["num_workers"] = 1
+    cfg["threads"] = {"torch_threads": 1}  # what OMP_NUM_THREADS=1 gives the subprocesses
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -800,9 +801,9 @@ report = {}
 for label, share in shares.items():
     start = sum(share[: acc.process_index])
     mine = ids[start : start + share[acc.process_index]]
-    for accum in (1, 2):
+    for accum, local in ((1, False), (2, False), (1, True), (2, True)):
         model = build()
-        engine = ContrastiveEngine(acc, model, {"sig": table})
+        engine = ContrastiveEngine(acc, model, {"sig": table}, local_loss=local)
         parts = mine.tensor_split(accum)
         result = engine.forward_backward({"sig": [Batch(x[p], p, p) for p in parts]}, step=0)
         engine.sync_gradients()
@@ -815,7 +816,7 @@ for label, share in shares.items():
             loss.backward()
             ref_grads = {k: p.grad for k, p in ref.encoders["sig"].named_parameters()}
             ref_grads["logit_scale"] = ref.logit_scales["sig"].value.grad
-            report[f"{label}/accum{accum}"] = {
+            report[f"{label}/accum{accum}" + ("/local" if local else "")] = {
                 "loss": abs(result.losses["sig"] - loss.item()),
                 "grad": max((grads[k] - ref_grads[k]).abs().max().item() for k in ref_grads),
                 "samples": result.samples["sig"],
@@ -826,7 +827,9 @@ acc.wait_for_everyone()
 """
 
 
-def test_two_processes_give_the_loss_and_gradients_of_one(fk: Any, site: Path, tmp_path: Path) -> None:
+def test_two_processes_give_the_loss_and_gradients_of_one_global_and_local_loss(
+    fk: Any, site: Path, tmp_path: Path
+) -> None:
     script = tmp_path / "two.py"
     script.write_text(textwrap.dedent(TWO_PROCESS_SCRIPT))
     out = tmp_path / "report.json"
@@ -843,7 +846,8 @@ def test_two_processes_give_the_loss_and_gradients_of_one(fk: Any, site: Path, t
     done = subprocess.run(cmd, env=subprocess_env(site), capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-4000:]
     report = json.loads(out.read_text())
-    assert set(report) == {"even/accum1", "even/accum2", "uneven/accum1", "uneven/accum2"}
+    # global and local loss (each process's [b, N] rows), even and uneven shares, with and without micro-batches
+    assert set(report) == {f"{s}/accum{a}{loc}" for s in ("even", "uneven") for a in (1, 2) for loc in ("", "/local")}
     for key, diffs in report.items():
         assert diffs["samples"] == 12, key
         assert diffs["loss"] < 1e-6, (key, diffs)
@@ -871,3 +875,98 @@ def test_a_real_plugin_trains_on_its_demo_data(anchor_dir: Path, tmp_path: Path)
     first = json.loads(Path(manifest).read_text().splitlines()[0])["path"]
     emb = model.embed("audio", [str(Path(manifest).parent / first)])
     assert emb.shape == (1, EMBED) and torch.isfinite(emb).all()
+
+
+# ------------------------------------------------------------------------------------------------ at scale
+def distinct_captions(fk: Any, root: Path, n: int) -> Path:
+    """``n`` signals, each with its own caption (so the caption table is larger than a batch)."""
+    fk.write_signals(root, n)
+    return write_manifest(
+        root / "distinct.jsonl", [{"path": f"s0-{i:04d}.npy", "caption": f"signal {i}"} for i in range(n)]
+    )
+
+
+def test_caption_rows_stay_on_the_host_and_each_step_gathers_only_its_batch(
+    fk: Any, anchor_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from lbcore.runconfig import resolve_config
+    from lbcore.textstore import CaptionTable
+    from lbcore.trainer import Trainer
+
+    gathered: list[int] = []
+    original = CaptionTable.gather
+
+    def spy(self: CaptionTable, ids: Any, pin_memory: bool = False) -> torch.Tensor:
+        rows = original(self, ids, pin_memory)
+        gathered.append(rows.shape[0])
+        return rows
+
+    monkeypatch.setattr(CaptionTable, "gather", spy)
+    manifest = distinct_captions(fk, tmp_path / "data", 40)
+    trainer = Trainer(resolve_config(run_config(anchor_dir, tmp_path / "run", {"sig": manifest}, max_steps=3)))
+    trainer.fit()
+    table = trainer.engine.text_tables["sig"]
+    assert isinstance(table, CaptionTable) and len(table) == 40
+    assert gathered == [8, 8, 8]  # one gather of the batch's 8 rows per step, never the table's 40
+    # No tensor with a row per caption was made for the engine (on the host or the device).
+    held = [v for v in vars(trainer.engine).values() if isinstance(v, torch.Tensor)]
+    held += [v for t in trainer.engine.text_tables.values() for v in vars(t).values() if isinstance(v, torch.Tensor)]
+    assert not [t for t in held if t.ndim == 2 and t.shape[0] == 40]
+    # The rows the engine trained with are the anchor's embeddings of the chosen captions.
+    from lbcore.anchor import Anchor
+
+    anchor = Anchor.from_config(trainer.plan.anchor)
+    texts = [f"signal {i}" for i in (0, 17, 39)]
+    ids = [trainer.datasets["sig"].captions.texts.index(t) for t in texts]
+    torch.testing.assert_close(original(table, ids), anchor.encode(texts), atol=1e-6, rtol=0)
+
+
+def test_the_thread_policy_sets_the_loaders_workers_and_the_local_loss_reaches_the_engine(
+    fk: Any, anchor_dir: Path, tmp_path: Path
+) -> None:
+    from lbcore.runconfig import resolve_config
+    from lbcore.threads import worker_init_fn
+    from lbcore.trainer import Trainer
+
+    manifest = fk.write_signals(tmp_path / "data", 16)
+    cfg = run_config(anchor_dir, tmp_path / "run", {"sig": manifest}, max_steps=1, local_loss=True)
+    del cfg["train"]["num_workers"]  # the threads section decides
+    cfg["threads"] = {"workers": 1, "torch_threads": 1}
+    threads = torch.get_num_threads()
+    try:
+        trainer = Trainer(resolve_config(cfg))
+        trainer.fit()
+    finally:
+        torch.set_num_threads(threads)
+    assert trainer.threads.workers == 1 and trainer.threads.sources["workers"] == "config"
+    assert trainer.loaders["sig"].num_workers == 1 and trainer.loaders["sig"].worker_init_fn is worker_init_fn
+    assert trainer.engine.local_loss is True
+    cfg["train"].update(num_workers=0, output_dir=str(tmp_path / "run0"))  # train.num_workers wins over threads
+    fixed = Trainer(resolve_config(cfg))
+    fixed._prepare()
+    assert fixed.threads.workers == 0 and fixed.loaders["sig"].num_workers == 0
+    with pytest.raises(ConfigError, match=r"threads\.workers"):
+        resolve_config({**cfg, "threads": {"workers": -1}})
+
+
+def test_training_streams_webdataset_shards_and_resumes_them_exactly(fk: Any, anchor_dir: Path, tmp_path: Path) -> None:
+    import shutil
+
+    from lbcore.shards import write_shards
+
+    manifest = fk.write_signals(tmp_path / "data", 40)
+    write_shards(manifest, tmp_path / "shards", shard_size=8)
+    pattern = str(tmp_path / "shards" / "shard-{000000..000004}.tar")
+    # 40 samples in 5 shards, batches of 8: 5 steps an epoch; 2 epochs, a checkpoint every 3 steps.
+    whole = lbcore.train(run_config(anchor_dir, tmp_path / "whole", {"sig": pattern}, epochs=2, save_every=3))
+    metrics = [json.loads(line) for line in (tmp_path / "whole" / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in metrics] == list(range(1, 11)) and all(math.isfinite(m["loss"]) for m in metrics)
+    # Interrupted after step 6 (mid-epoch 2), then resumed: the same weights, bit for bit.
+    cut = tmp_path / "cut"
+    shutil.copytree(tmp_path / "whole", cut)
+    shutil.rmtree(cut / "final")
+    shutil.rmtree(cut / "step-00000009")
+    assert sorted(p.name for p in cut.glob("step-*")) == ["step-00000006"]
+    resumed = lbcore.train(run_config(anchor_dir, cut, {"sig": pattern}, epochs=2, save_every=3, resume=True))
+    a, b = weights(resumed / "sig.safetensors"), weights(whole / "sig.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in b)

@@ -25,5 +25,10 @@ class ViTEncoder(nn.Module):
         seq = self.trunk(tokens)  # [B, 1 + N', width]
         return self.head(seq[:, 0])  # class token -> [B, embed_dim]
 
+    def tokens(self, x: torch.Tensor) -> torch.Tensor:
+        """The trunk's output tokens after the head's LayerNorm, class token first: [B, 1 + N, width] (what a
+        caption decoder attends to, :mod:`lbcore.captioning`)."""
+        return self.head.norm(self.trunk(self.stem(x)))
+
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         self.trunk.set_grad_checkpointing(enable)

@@ -175,6 +175,14 @@ class SpaceTimeEncoder(nn.Module):
         cls = self.head.norm(seq[:, 0]).view(b, t, -1)  # post-LayerNorm per frame: [B, T, width]
         return self.head.proj(cls.mean(dim=1))  # mean over frames, then project: [B, embed_dim]
 
+    def tokens(self, x: torch.Tensor) -> torch.Tensor:
+        """Every frame's output tokens after the head's LayerNorm, frame by frame (each frame's class token
+        first): [B, T * (1 + N), width] (what a caption decoder attends to, :mod:`lbcore.captioning`)."""
+        b, t = x.shape[0], x.shape[2]
+        frames = x.transpose(1, 2).reshape(b * t, x.shape[1], *x.shape[3:])
+        seq = self.head.norm(self.trunk(self.stem(frames), t))  # [B*T, 1 + N, width]
+        return seq.reshape(b, t * seq.shape[1], seq.shape[2])
+
     def init_temporal_from_spatial(self) -> None:
         self.trunk.init_temporal_from_spatial()
 

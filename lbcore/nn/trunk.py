@@ -39,7 +39,7 @@ class ViTTrunk(nn.Module):
         self.patch_dropout = PatchDropout(mask_ratio, num_prefix_tokens=1) if mask_ratio > 0 else nn.Identity()
         norm = partial(nn.LayerNorm, eps=cfg.layer_norm_eps)
         self.pre_norm = norm(width)
-        drop_path = torch.linspace(0, cfg.drop_path, cfg.depth).tolist()
+        drop_path = torch.linspace(0, cfg.drop_path, cfg.depth, device="cpu").tolist()  # plain floats, also on meta
         self.blocks = nn.ModuleList(
             Block(
                 width,

@@ -18,6 +18,7 @@ import torch
 from pydantic import Field, model_validator
 
 from lbcore.config import ModalityConfig
+from lbcore.errors import check_finite
 from lbcore.modality import Modality
 from lbcore.nn import PatchStem2d
 from lbcore.release import ReleaseLayout, vision_count
@@ -148,11 +149,12 @@ class AudioModality(Modality):
         """Audio -> ``[3, mel_bins, target_length]`` float32; deterministic unless ``train`` (random chunk starts
         and ``config.augment``, drawn from torch's global generator)."""
         cfg = self.config
+        source = str(item) if isinstance(item, (str, os.PathLike)) else None
         wave = load_waveform(item, cfg.sample_rate, cfg.channels)  # [samples] at cfg.sample_rate
         augment = train and cfg.augment.enabled
         if augment:
             wave = augment_waveform(wave, cfg.augment)
-        x = log_mel_chunks(
+        features = log_mel_chunks(
             wave,
             cfg.sample_rate,
             cfg.mel_bins,
@@ -160,9 +162,11 @@ class AudioModality(Modality):
             cfg.mean,
             cfg.std,
             train=train,
-            source=str(item) if isinstance(item, (str, os.PathLike)) else None,
+            source=source,
         )
-        return mask_spectrogram(x, cfg.augment) if augment else x
+        # Finite samples can still overflow the filterbank's power (samples near 1e20 square to infinity).
+        check_finite(features, source, "log-mel features (the samples overflow float32 power)")
+        return mask_spectrogram(features, cfg.augment) if augment else features
 
     def example_input(self, seed: int = 0) -> np.ndarray:
         """Two seconds of a random tone plus a little noise, at ``config.sample_rate``."""

@@ -6,9 +6,10 @@ fbank (htk_compat, no energy, Hanning window, 25 ms frames, 10 ms shift, no dith
 clip is tiled to ``target_length`` and used three times; ``[3, mel_bins, target_length]`` normalised as
 ``(x - mean) / (2 * std)``.
 
-Only the frames of the chosen chunks are computed: Kaldi frames are independent of each other (the mean
-is removed from the whole waveform first), so the fbank of a chunk's samples equals that chunk of the
-whole clip's fbank, and hour-long clips cost no more than 31 seconds of audio.
+Only the frames of the chosen chunks are computed, each frame once: Kaldi frames are independent of each
+other (the mean is removed from the whole waveform first), so the fbank of a chunk's samples equals that
+chunk of the whole clip's fbank; chunks that overlap are computed as one span. Hour-long clips cost no more
+than 31 seconds of audio, and a 15 s clip no more than its own 15 s.
 """
 
 from __future__ import annotations
@@ -111,12 +112,39 @@ def log_mel_chunks(
         chunks = [chunk] * NUM_CHUNKS
     else:
         starts = chunk_starts(n, target_length, train=train, generator=generator)
-        computed: dict[int, torch.Tensor] = {}
-        for s in starts:
-            if s not in computed:
-                # The samples covering frames s .. s + target_length - 1.
-                segment = wave[s * shift : (s + target_length - 1) * shift + window]
-                computed[s] = fbank(segment, sample_rate, mel_bins)  # [target_length, mel_bins]
-        chunks = [computed[s] for s in starts]
-    x = torch.stack(chunks).transpose(1, 2)  # [3, frames, mel] -> [3, mel, frames]
-    return ((x - mean) / (2 * std)).contiguous()
+        by_start: dict[int, torch.Tensor] = {}
+        for first, end in merged_spans(starts, target_length):
+            # The samples covering frames first .. end - 1, once for chunks that overlap or touch.
+            mel = fbank(wave[first * shift : (end - 1) * shift + window], sample_rate, mel_bins)  # [end - first, mel]
+            by_start.update({s: mel[s - first : s - first + target_length] for s in starts if first <= s < end})
+        chunks = [by_start[s] for s in starts]
+    return _normalised(chunks, mean, std)
+
+
+def _normalised(chunks: list[torch.Tensor], mean: float, std: float) -> torch.Tensor:
+    """Chunks [frames, mel] -> contiguous [len(chunks), mel, frames] as ``(x - mean) / (2 * std)``, each
+    distinct chunk transposed, shifted and scaled in one pass into the output (a repeated chunk is copied)."""
+    frames, bins = chunks[0].shape
+    out = torch.empty(len(chunks), bins, frames)
+    first_of: dict[int, int] = {}
+    for i, chunk in enumerate(chunks):
+        if id(chunk) in first_of:
+            out[i] = out[first_of[id(chunk)]]
+            continue
+        torch.sub(chunk.T, mean, out=out[i])
+        out[i].div_(2 * std)
+        first_of[id(chunk)] = i
+    return out
+
+
+def merged_spans(starts: list[int], length: int) -> list[tuple[int, int]]:
+    """The frame ranges [first, end), ascending, that cover the chunks [s, s + length) of ``starts``, chunks
+    that overlap or touch merged into one range: a 15 s clip's three 1036-frame chunks share most of their
+    frames, and computing them once costs half of computing each."""
+    spans: list[tuple[int, int]] = []
+    for s in sorted(starts):
+        if spans and s <= spans[-1][1]:
+            spans[-1] = (spans[-1][0], max(spans[-1][1], s + length))
+        else:
+            spans.append((s, s + length))
+    return spans

@@ -16,6 +16,7 @@ what ``soundfile.read`` returns). Float samples are used as they are (full scale
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import os
@@ -27,9 +28,9 @@ from typing import Any, Literal
 import numpy as np
 import soundfile as sf
 import torch
-import torchaudio.functional as AF
+import torchaudio
 
-from lbcore.errors import InputError
+from lbcore.errors import InputError, check_media_file
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +74,7 @@ def load_waveform(item: Any, sample_rate: int, channels: ChannelMode = "mix") ->
                 "a standard rate (8, 11.025, 16, 22.05, 32, 44.1, 48, 96 kHz...); convert the file first",
             )
         # The default windowed-sinc resampler (Hann, 6 zero crossings), as LanguageBind uses.
-        wave = AF.resample(wave, orig_freq=rate, new_freq=sample_rate)
+        wave = resampler(rate, sample_rate)(wave)
         _note_resampling(source, rate, sample_rate)
     return wave
 
@@ -98,6 +99,14 @@ def _note_resampling(source: str | None, rate: int, sample_rate: int) -> None:
     )
 
 
+@functools.lru_cache(maxsize=16)
+def resampler(orig_freq: int, new_freq: int) -> torchaudio.transforms.Resample:
+    """torchaudio's default windowed-sinc resampler between two rates, its kernel built once per pair of rates
+    (``torchaudio.functional.resample`` rebuilds it on every call). With the kernel in float32, as the
+    function builds it for float32 audio, the output is the same bit for bit."""
+    return torchaudio.transforms.Resample(orig_freq, new_freq, dtype=torch.float32)
+
+
 def read_audio_file(path: str | os.PathLike) -> tuple[np.ndarray, int]:
     """Decode a file with soundfile -> (float32 array ``[channels, samples]`` scaled to +-1, sample rate).
 
@@ -105,12 +114,8 @@ def read_audio_file(path: str | os.PathLike) -> tuple[np.ndarray, int]:
     than its header declares is rejected rather than silently read in part.
     """
     path = Path(path)
-    if not path.is_file():
-        raise InputError(path, "no such file" if not path.exists() else "not a regular file", _DECODABLE)
+    size = check_media_file(path, _DECODABLE)  # missing, empty, a folder, a broken link or a link loop
     try:
-        size = path.stat().st_size
-        if size == 0:
-            raise InputError(path, "the file is empty (0 bytes)", _DECODABLE)
         with sf.SoundFile(path) as f:
             fmt = f.format
             frames = f.read(dtype="float32", always_2d=True)  # [samples, channels]

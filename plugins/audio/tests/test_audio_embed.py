@@ -12,7 +12,8 @@ from lbind_audio.modality import AudioModality
 
 from lbcore.config import AnchorConfig
 from lbcore.embedding import embed_job
-from lbcore.model import BindModel, checkpoint_modality
+from lbcore.encoders import checkpoint_modality
+from lbcore.model import BindModel, load
 from lbcore.testing import realdata_dir
 
 REAL = realdata_dir()
@@ -36,8 +37,6 @@ def test_embed_job_rows_equal_bind_model_embed_on_real_files(demo_checkpoint: Pa
     out = tmp_path / "emb.npy"
     result = embed_job(demo_checkpoint, "audio", files, out, batch_size=7, num_workers=2)
     assert result.failed == {} and len(result.embedded) == len(files)
-
-    from lbcore.model import load
 
     model = load(demo_checkpoint)
     want = model.embed("audio", [str(f) for f in files], batch_size=7).numpy()

@@ -184,10 +184,27 @@ def test_streamed_wav_without_a_data_size_is_read(tmp_path, demo, signal) -> Non
 
 
 def test_missing_file_and_folder(tmp_path, demo) -> None:
-    with pytest.raises(InputError, match="no such file"):
+    with pytest.raises(InputError, match="file not found"):
         demo.preprocess(tmp_path / "absent.wav")
-    with pytest.raises(InputError, match="not a regular file"):
+    with pytest.raises(InputError, match="is a directory"):
         demo.preprocess(str(tmp_path))
+    loop = tmp_path / "loop.wav"
+    loop.symlink_to(loop)
+    with pytest.raises(InputError, match="symbolic link loop"):
+        demo.preprocess(loop)
+    dangling = tmp_path / "dangling.wav"
+    dangling.symlink_to(tmp_path / "gone.wav")
+    with pytest.raises(InputError, match=r"broken symbolic link \(points to .*gone\.wav"):
+        demo.preprocess(dangling)
+
+
+def test_finite_samples_that_overflow_the_features_are_an_input_error(tmp_path, demo) -> None:
+    # Every sample is finite in float32, but its power (1e40) is not: the log-mel image would be NaN/inf.
+    path = tmp_path / "loud.wav"
+    sf.write(path, np.full(8000, 1e20, np.float32) * np.sign(np.sin(np.arange(8000))), 16000, subtype="FLOAT")
+    with pytest.raises(InputError, match="NaN or infinite") as info:
+        demo.preprocess(path)
+    assert str(path) in str(info.value)
 
 
 def test_nan_file_is_rejected(tmp_path, demo) -> None:

@@ -11,6 +11,7 @@ import torch
 from pydantic import Field, model_validator
 
 from lbcore.config import ImageConfig
+from lbcore.errors import check_finite
 from lbcore.image import ImageLikeModality, is_path, normalize, resize_crop
 from lbcore.release import ReleaseLayout
 from lbcore.templates import imagenet_templates
@@ -73,6 +74,7 @@ class DepthModality(ImageLikeModality):
     # LanguageBind_Depth: the depth its maps were clipped to and scaled by.
     releases = (ReleaseLayout("LanguageBindDepth", settings={"max_depth": "max_depth"}),)
     widget = "image"
+    preprocessed_channels = None  # depth is repeated to in_chans channels
     config: DepthConfig
 
     def preprocess(self, item: Any, train: bool = False) -> torch.Tensor:
@@ -83,6 +85,7 @@ class DepthModality(ImageLikeModality):
         else:
             raw = item.detach().cpu().numpy() if isinstance(item, torch.Tensor) else np.asarray(item)
             metres = decode_depth(raw, cfg.encoding)
+        check_finite(metres, item if is_path(item) else None, "depth values")
         x = torch.from_numpy(metres).clamp(cfg.min_depth, cfg.max_depth) / cfg.max_depth  # [H, W] in (0, 1]
         # Resizing one channel and repeating it equals resizing the repeated channels, at a third of the cost.
         x = resize_crop(x[None], cfg, train=train)  # [1, S, S]

@@ -12,6 +12,10 @@ motion rather than palette. Captions are paraphrases per concept; ``label`` (the
 prompts) is a short noun phrase. `lbind train --modality video` (demo preset, 210 steps, about a minute
 on one CPU core) reaches 86-96 % held-out zero-shot top-1 over seeds 0-2.
 
+Every clip also gets a sound track (:mod:`lbind_video.soundtrack`) and the paired manifests
+``paired-{train,test}.jsonl`` caption motion and sound together, for grouped training and captioning of
+``video`` + ``audio`` (``lbind train -m video -m audio --group video,audio``).
+
 Writing needs PyAV (``av``); decord reads the files back.
 """
 
@@ -27,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from lbcore.manifest import write_manifest
+from lbind_video.soundtrack import SOUND_CAPTIONS, SOUNDS, render_sound, write_wav
 
 SIZE = 64  # frame side: decord 0.6 mis-strides some widths (16, 24, 48, 72, ...), 64 reads back exactly
 FRAMES = 12
@@ -147,8 +152,8 @@ def _with_trail(shape_at: Callable[[int], np.ndarray], t: int) -> np.ndarray:
     return cover
 
 
-def render_clip(concept: str, rng: np.random.Generator, style: Style) -> np.ndarray:
-    """One clip of ``concept`` as uint8 [FRAMES, SIZE, SIZE, 3]."""
+def _palette(rng: np.random.Generator, style: Style) -> tuple[np.ndarray, np.ndarray]:
+    """The shape's colour [3] and a vertical background gradient [SIZE, SIZE, 3], drawn from ``rng``."""
     hue = (int(rng.integers(6)) / 6 + style.hue_offset + rng.uniform(-0.03, 0.03)) % 1.0
     colour = np.array(colorsys.hsv_to_rgb(hue, rng.uniform(0.7, 1.0), rng.uniform(0.85, 1.0)), np.float32)
     bg_hue = rng.uniform(0, 1)
@@ -156,7 +161,24 @@ def render_clip(concept: str, rng: np.random.Generator, style: Style) -> np.ndar
     bottom = np.array(colorsys.hsv_to_rgb(bg_hue, rng.uniform(0.2, 0.5), rng.uniform(*style.background_value)))
     ramp = np.linspace(0, 1, SIZE, dtype=np.float32)[:, None, None]
     background = ((1 - ramp) * top + ramp * bottom).astype(np.float32) * np.ones((1, SIZE, 1), np.float32)
+    return colour, background
 
+
+def _flashing(centre: np.ndarray, r: float, offset: int) -> list[np.ndarray]:
+    """A light on every third frame (from ``offset``): any 4 or 8 frames spread over the clip see both states."""
+    glow = r * 1.8
+    frames = []
+    for t in range(FRAMES):
+        on = (t + offset) % 3 == 0
+        cover = _disc(centre[0], centre[1], glow) * (0.35 if on else 0.0) + _disc(centre[0], centre[1], r)
+        level = 1.0 if on else 0.2
+        frames.append(np.clip(cover, 0, 1)[..., None] * level)
+    return frames
+
+
+def render_clip(concept: str, rng: np.random.Generator, style: Style) -> np.ndarray:
+    """One clip of ``concept`` as uint8 [FRAMES, SIZE, SIZE, 3]."""
+    colour, background = _palette(rng, style)
     r = rng.uniform(*style.radius)
     speed = rng.uniform(*style.speed)
     centre = SIZE / 2 + rng.uniform(-6, 6, size=2)
@@ -203,16 +225,7 @@ def render_clip(concept: str, rng: np.random.Generator, style: Style) -> np.ndar
         def shape_at(t: int) -> np.ndarray:
             return _bar(centre[0], centre[1], phase + step * t, length)
     elif concept == "flashing light":
-        # On every third frame: any 4 or 8 frames spread over the clip include both states.
-        offset = int(rng.integers(3))
-        glow = r * 1.8
-        frames = []
-        for t in range(FRAMES):
-            on = (t + offset) % 3 == 0
-            cover = _disc(centre[0], centre[1], glow) * (0.35 if on else 0.0) + _disc(centre[0], centre[1], r)
-            level = 1.0 if on else 0.2
-            frames.append(np.clip(cover, 0, 1)[..., None] * level)
-        return _compose(background, colour, frames, rng)
+        return _compose(background, colour, _flashing(centre, r, int(rng.integers(3))), rng)
     else:
         raise ValueError(f"unknown demo concept {concept!r}")
     frames = [_with_trail(shape_at, t)[..., None] for t in range(FRAMES)]
@@ -263,9 +276,14 @@ def make_demo_data(
     train_per_concept: int = TRAIN_PER_CONCEPT,
     test_per_concept: int = TEST_PER_CONCEPT,
 ) -> None:
-    """Write ``root/{train,test}/<concept>/<n>.mp4`` and the manifests ``root/train.jsonl``, ``root/test.jsonl``.
+    """Write ``root/{train,test}/<concept>/<n>.mp4`` with a sound track ``<n>.wav`` beside each, the manifests
+    ``root/train.jsonl``, ``root/test.jsonl`` and the paired manifests ``root/paired-{train,test}.jsonl``.
 
-    Rows are ``{"path", "captions" (3 paraphrases), "label"}``. Same seed, same bytes.
+    Rows are ``{"path", "captions" (3 paraphrases), "label"}``; paired rows ``{"video", "audio", "captions",
+    "label"}`` caption both ("a ball going up with a beeping sound", label "rising ball with beeping"). The
+    sounds come from their own random stream: the video files are those of demo version 1. Item ``n`` of the
+    ``c``-th concept gets sound ``(n + c) % 4``, so every (motion, sound) pair is about equally frequent.
+    Same seed, same bytes.
     """
     root = Path(root)
     for split, style, count, split_seed in (
@@ -273,12 +291,20 @@ def make_demo_data(
         ("test", TEST_STYLE, test_per_concept, 1),
     ):
         rng = np.random.default_rng([seed, split_seed])
-        rows = []
-        for concept, captions in CAPTIONS.items():
+        sound_rng = np.random.default_rng([seed, split_seed, 0xA0D])
+        rows, paired = [], []
+        for c, (concept, captions) in enumerate(CAPTIONS.items()):
             folder = concept.replace(" ", "_")
             for n in range(count):
                 rel = f"{split}/{folder}/{n:03d}.mp4"
                 write_mp4(root / rel, render_clip(concept, rng, style))
-                chosen = rng.choice(len(captions), size=3, replace=False)
-                rows.append({"path": rel, "captions": [captions[i] for i in sorted(chosen)], "label": concept})
+                chosen = [captions[i] for i in sorted(rng.choice(len(captions), size=3, replace=False))]
+                rows.append({"path": rel, "captions": chosen, "label": concept})
+                sound = SOUNDS[(n + c) % len(SOUNDS)]
+                wav = rel[: -len(".mp4")] + ".wav"
+                write_wav(root / wav, render_sound(sound, sound_rng, shift=0.1 * split_seed))
+                heard = [SOUND_CAPTIONS[sound][int(sound_rng.integers(3))] for _ in chosen]
+                both = [f"{v} with {a}" for v, a in zip(chosen, heard, strict=True)]
+                paired.append({"video": rel, "audio": wav, "captions": both, "label": f"{concept} with {sound}"})
         write_manifest(root / f"{split}.jsonl", rows)
+        write_manifest(root / f"paired-{split}.jsonl", paired)

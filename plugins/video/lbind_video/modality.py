@@ -28,6 +28,7 @@ VIDEO_TRAINABLE_EXTRAS = ["trunk.class_embedding", "head.", "trunk.temporal_embe
 LANGUAGEBIND: dict[str, Any] = {
     "image_size": 224,
     "num_frames": 8,
+    "decode": "exact",  # the frames the published weights saw
     "encoder": {"width": 1024, "depth": 24, "heads": 16, "patch_size": 14},
     "mask_ratio": 0.3,
     # lora.targets default to the temporal attention of every layer (VideoConfig fills them in from depth).
@@ -64,8 +65,24 @@ class VideoConfig(ImageConfig):
     antialias: bool = Field(
         False, description="Antialias when downscaling frames; off as in LanguageBind (F.interpolate, no filter)."
     )
-    decode_threads: int = Field(
-        1, ge=0, description="decord decoding threads per clip (0: decord's choice). 1 suits DataLoader workers."
+    decode_threads: int | None = Field(
+        None,
+        ge=0,
+        description=(
+            "decord decoding threads per clip (null: lbind's thread policy, lbcore.threads.decoder_threads(): one "
+            "per DataLoader worker; 0: decord's choice)."
+        ),
+    )
+    decode: Literal["exact", "fast"] = Field(
+        "exact",
+        description=(
+            "'exact': frames decoded at their stored size, then resized in torch: the frames LanguageBind's "
+            "decord + torch pipeline gives, to float round-off (the default, and what converted LanguageBind "
+            "checkpoints were trained on). 'fast': the decoder scales the frames to the short side while "
+            "converting them to RGB (ffmpeg's scaler), so the large frames of HD clips never reach torch: "
+            "several times faster on large clips; pixels differ from 'exact' by a few grey levels on average "
+            "(benchmarks/RESULTS.md, preprocessing)."
+        ),
     )
 
     @model_validator(mode="before")
@@ -107,7 +124,7 @@ class VideoModality(ImageLikeModality):
     extensions = VIDEO_EXTENSIONS
     # LanguageBind_Video and LanguageBind_Video_FT: the frame count the temporal tensors were trained on.
     releases = (ReleaseLayout("LanguageBindVideo", settings={"num_frames": "num_frames"}),)
-    demo_version = "1"
+    demo_version = "2"  # 2: sound tracks and paired video+audio manifests
     widget = "video"
 
     config: VideoConfig
@@ -116,13 +133,14 @@ class VideoModality(ImageLikeModality):
         """A video file, or frames [T, H, W, C] / [T, H, W] (uint8, or float in [0, 1]) -> float32
         [3, num_frames, image_size, image_size].
 
-        Frames at floor(linspace(0, n - 1, num_frames)); short side resized, centre crop and CLIP
-        normalisation. With ``train``, one random crop position and one coin-flip horizontal flip shared by
+        Frames at floor(linspace(0, n - 1, num_frames)); short side resized (by the decoder when
+        ``config.decode`` is 'fast'), centre crop and CLIP normalisation. With ``train``, one random crop position and one coin-flip horizontal flip shared by
         all frames of the clip.
         """
         cfg = self.config
         if is_path(item):
-            frames = read_video_frames(item, cfg.num_frames, threads=cfg.decode_threads)
+            short_side = cfg.image_size if cfg.decode == "fast" else None
+            frames = read_video_frames(item, cfg.num_frames, threads=cfg.decode_threads, short_side=short_side)
             source = item
         else:
             frames = sample_array_frames(item, cfg.num_frames)

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import click
 
+from lbcore.cli import render
+from lbcore.push import push_checkpoint
+
 
 @click.command()
 @click.argument("checkpoint", type=click.Path(file_okay=False, exists=True))
@@ -25,13 +28,8 @@ def push(
     """Upload the lbind checkpoint folder CHECKPOINT to the Hub model repository REPO_ID (ORG/NAME), with a model
     card (README.md: metadata, modalities, anchor, training config, the metrics of its result cards, how to load
     it). Load it anywhere with lbcore.load("hf://ORG/NAME")."""
-    from rich.console import Console
-
-    from lbcore.push import push_checkpoint  # imports huggingface_hub: not needed for `lbind --help`
-
-    console = Console(stderr=True)  # what would keep the checkpoint from loading elsewhere is logged as warnings
     if license_id is None:
-        console.print("[dim]no --license given: the card states none[/]", highlight=False)
+        render.dim_note("no --license given: the card states none")
     url = push_checkpoint(
         checkpoint,
         repo_id,
@@ -41,5 +39,4 @@ def push(
         commit_message=commit_message,
         license=license_id,
     )
-    click.echo(f"pushed {checkpoint} to {url}")
-    click.echo(f'load it with lbcore.load("hf://{repo_id.removeprefix("hf://")}")')
+    render.pushed(checkpoint, url, repo_id.removeprefix("hf://"))
