@@ -32,7 +32,6 @@ import logging
 import os
 import re
 import shutil
-import warnings
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -40,7 +39,7 @@ from typing import Any
 
 import torch
 
-from lbcore import lora as _lora
+from lbcore.deprecation import moved_names
 from lbcore.errors import CheckpointError
 from lbcore.hub import checkpoint_folder
 
@@ -69,15 +68,7 @@ _MOVED_TO_LORA = (
 )
 
 
-def __getattr__(name: str) -> object:
-    if name in _MOVED_TO_LORA:
-        warnings.warn(
-            f"lbcore.checkpoint.{name} moved to lbcore.lora.{name}; import it from there",
-            DeprecationWarning,
-            stacklevel=2,
-        )
-        return getattr(_lora, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = moved_names(__name__, dict.fromkeys(_MOVED_TO_LORA, "lbcore.lora"))
 
 
 def step_dir_name(step: int) -> str:

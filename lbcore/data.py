@@ -12,9 +12,7 @@ Manifests are read by :mod:`lbcore.manifest`; ``read_manifest``, ``write_manifes
 
 from __future__ import annotations
 
-import importlib
 import math
-import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +22,7 @@ import numpy as np
 import torch
 
 from lbcore import samples
+from lbcore.deprecation import moved_names
 from lbcore.manifest import Manifest
 from lbcore.samples import DataError, PreprocessDataset, stack_survivors
 
@@ -50,16 +49,7 @@ _MOVED = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    if name in _MOVED:
-        module = _MOVED[name]
-        warnings.warn(
-            f"lbcore.data.{name} moved to {module}.{name}; the old import path will be removed in the next release",
-            DeprecationWarning,
-            stacklevel=2,
-        )
-        return getattr(importlib.import_module(module), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = moved_names(__name__, _MOVED)
 
 
 class ErrorBudgetExceeded(DataError):

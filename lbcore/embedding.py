@@ -13,9 +13,7 @@ committed at its last save. A second job on the same output is refused while the
 
 from __future__ import annotations
 
-import importlib
 import logging
-import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -27,6 +25,7 @@ import torch
 from lbcore import __version__
 from lbcore.cards import checkpoint_digest
 from lbcore.checkpoint import read_meta, resolve_checkpoint_dir
+from lbcore.deprecation import moved_names
 from lbcore.embedstore import SIDECAR_FORMAT, SIDECAR_VERSION, EmbedStore, check_output, lock_output, sidecar_path
 from lbcore.encoders import checkpoint_modality
 from lbcore.errors import CheckpointError, InputError, LbindError
@@ -62,17 +61,7 @@ ProgressCallback = Callable[[int, int], None]  # (inputs done, inputs in all)
 _MOVED = dict.fromkeys(("OUTPUT_SUFFIXES", "SAFETENSORS_KEY"), "lbcore.embedstore")
 
 
-def __getattr__(name: str) -> Any:
-    if name in _MOVED:
-        module = _MOVED[name]
-        warnings.warn(
-            f"lbcore.embedding.{name} moved to {module}.{name}; the old import path will be removed in the next "
-            "release",
-            DeprecationWarning,
-            stacklevel=2,
-        )
-        return getattr(importlib.import_module(module), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = moved_names(__name__, _MOVED)
 
 
 class UnreadableInputsError(LbindError):

@@ -195,20 +195,29 @@ class ContrastiveEngine:
             return float(self.accelerator.reduce(loss.detach().clone(), reduction="mean"))
         return float(loss.detach())
 
+    def _live_batches(
+        self, micro: Mapping[str, Sequence[Batch]], name: str, step: int, result: StepResult
+    ) -> tuple[list[Batch], list[int]]:
+        """``name``'s non-empty micro-batches and every process's sample count, recorded in ``result``. When
+        some process has nothing left of its batch (every file failed), all skip this modality once (no batches
+        come back), since the collective ops of the loss need every process."""
+        batches = [b for b in micro.get(name, ()) if len(b) > 0]
+        sizes = self._sizes(sum(len(b) for b in batches))
+        result.samples[name] = sum(sizes)
+        if min(sizes) == 0:
+            log.warning("step %d: %s skipped: a process has no loadable sample in its batch", step, name)
+            result.losses[name] = float("nan")
+            result.skipped.append(name)
+            return [], sizes
+        return batches, sizes
+
     def forward_backward(self, micro: Mapping[str, Sequence[Batch]], step: int) -> StepResult:
         """Accumulate the gradients of every modality's global-batch loss for the micro-batches of one step."""
         acc = self.accelerator
         result = StepResult({}, {})
         for m_index, name in enumerate(self.names):
-            batches = [b for b in micro.get(name, ()) if len(b) > 0]
-            sizes = self._sizes(sum(len(b) for b in batches))
-            result.samples[name] = sum(sizes)
-            if min(sizes) == 0:
-                # Some process has nothing left of its batch (every file failed): all skip this modality once,
-                # since the collective ops below need every process.
-                log.warning("step %d: %s skipped: a process has no loadable sample in its batch", step, name)
-                result.losses[name] = float("nan")
-                result.skipped.append(name)
+            batches, sizes = self._live_batches(micro, name, step, result)
+            if not batches:
                 continue
             texts = [self._texts(name, b) for b in batches]  # [b, E] each, only this batch's rows
             inputs = [b.inputs.to(acc.device, non_blocking=True) for b in batches]

@@ -12,10 +12,8 @@ similarity heatmap otherwise.
 
 from __future__ import annotations
 
-import importlib
 import inspect
 import time
-import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +26,7 @@ from lbcore import cards, metrics
 from lbcore.checkpoint import read_meta, resolve_checkpoint_dir
 from lbcore.datasets import EvalDataset, TaskChoice, read_eval_manifest
 from lbcore.demo import demo_data
+from lbcore.deprecation import moved_names
 from lbcore.embedding import UnreadableInputsError, embed_files
 from lbcore.errors import EvaluationError
 from lbcore.grouping import fused_features
@@ -83,16 +82,7 @@ _MOVED = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    if name in _MOVED:
-        module = _MOVED[name]
-        warnings.warn(
-            f"lbcore.evaluate.{name} moved to {module}.{name}; the old import path will be removed in the next release",
-            DeprecationWarning,
-            stacklevel=2,
-        )
-        return getattr(importlib.import_module(module), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = moved_names(__name__, _MOVED)
 
 
 @dataclass(frozen=True)

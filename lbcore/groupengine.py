@@ -12,7 +12,6 @@ averaged over processes like the modalities' temperatures.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Mapping, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -25,8 +24,6 @@ from lbcore.data import Batch
 from lbcore.engine import ContrastiveEngine, StepResult, gather_rows
 from lbcore.grouping import group_loss
 from lbcore.samples import derive_seed
-
-log = logging.getLogger(__name__)
 
 __all__ = ["GroupedEngine", "engine_for"]
 
@@ -54,12 +51,8 @@ class GroupedEngine(ContrastiveEngine):
         acc = self.accelerator
         parts = {}
         for m_index, name in enumerate(self.names):
-            batches = [b for b in micro.get(name, ()) if len(b) > 0]
-            sizes = self._sizes(sum(len(b) for b in batches))
-            result.samples[name] = sum(sizes)
-            if min(sizes) == 0:
-                log.warning("step %d: %s skipped: a process has no loadable sample in its batch", step, name)
-                result.losses[name] = float("nan")
+            batches, sizes = self._live_batches(micro, name, step, result)
+            if not batches:
                 continue
             parts[name] = _Part(
                 [b.inputs.to(acc.device, non_blocking=True) for b in batches],
