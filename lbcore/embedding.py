@@ -29,6 +29,7 @@ from lbcore.deprecation import moved_names
 from lbcore.embedstore import SIDECAR_FORMAT, SIDECAR_VERSION, EmbedStore, check_output, lock_output, sidecar_path
 from lbcore.encoders import checkpoint_modality
 from lbcore.errors import CheckpointError, InputError, LbindError
+from lbcore.modality import Modality
 from lbcore.model import BindModel, load, modality_of
 from lbcore.prefetch import (
     EMBED_WORKER_SHARE,
@@ -323,6 +324,13 @@ def _torch_threads(count: int) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
+def _job_modality(checkpoint: Path, modality: str, model: BindModel | None) -> tuple[Modality, Any]:
+    """The job's modality and the embedding size the checkpoint records, without loading weights."""
+    if model is not None:
+        return modality_of(model, modality), model.embed_dim
+    return checkpoint_modality(checkpoint, modality), read_meta(checkpoint)["anchor"].get("embed_dim")
+
+
 def embed_job(
     checkpoint: str | Path,
     modality: str,
@@ -355,21 +363,16 @@ def embed_job(
     preprocesses in ``num_workers`` threads of this process instead of worker processes (see
     :data:`PREFETCH_MODES`).
     """
-    if batch_size <= 0:
-        raise InputError(None, f"batch size {batch_size}", "a positive batch size")
+    if batch_size <= 0 or precision not in PRECISIONS:
+        raise InputError(None, f"batch size {batch_size}, precision {precision!r}", f"> 0, {' or '.join(PRECISIONS)}")
     output = Path(output)
     check_output(output)
     checkpoint = resolve_checkpoint_dir(checkpoint)  # a run folder or hf://org/name[@rev]
-    digest = checkpoint_digest(checkpoint)["sha256"]
-    if model is not None:
-        mod, embed_dim = modality_of(model, modality), model.embed_dim
-    else:
-        mod, embed_dim = checkpoint_modality(checkpoint, modality), read_meta(checkpoint)["anchor"].get("embed_dim")
-    header = {**_sidecar_header(modality, checkpoint, digest, embed_dim), "array": output.name}
+    mod, embed_dim = _job_modality(checkpoint, modality, model)
+    header = _sidecar_header(modality, checkpoint, checkpoint_digest(checkpoint)["sha256"], embed_dim)
+    header["array"] = output.name
     policy = choose_policy(threads, worker_share=EMBED_WORKER_SHARE)
     workers = preprocess_workers(num_workers if num_workers is not None else policy.workers)
-    if precision not in PRECISIONS:
-        raise InputError(None, f"precision {precision!r}", " or ".join(PRECISIONS))
     with lock_output(output), _torch_threads(policy.torch_threads):
         store = EmbedStore.open(output, header)
         result = EmbedJobResult(output, sidecar_path(output), len(store))
