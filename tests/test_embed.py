@@ -545,3 +545,18 @@ def test_a_kill_between_the_new_rows_and_the_npy_header_keeps_the_committed_rows
     result = embed_job(ckpt, "vec", [data], out, num_workers=0)
     assert result.already_done == 3 and result.rows == 6
     np.testing.assert_allclose(np.load(out), np.stack([unit([0, i + 1, 0, 1]) for i in range(6)]), atol=1e-6)
+
+
+def test_cli_prefetch_and_precision_options(ckpt: Path, tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    make_inputs(data)
+    out = tmp_path / "emb.npy"
+    run_cli(["embed", "-c", str(ckpt), str(data), "-o", str(out), "--num-workers", "2",
+             "--prefetch", "threads", "--precision", "bfloat16"])  # fmt: skip
+    rows = np.load(out)
+    want = np.stack([unit(VECTORS[n]) for n in ("a", "sub/b", "sub/deeper/c")])
+    assert rows.dtype == np.float32
+    np.testing.assert_allclose(rows, want, atol=2e-2)
+    with pytest.raises(SystemExit) as info:
+        run_cli(["embed", "-c", str(ckpt), str(data), "-o", str(tmp_path / "x.npy"), "--prefetch", "fibers"])
+    assert info.value.code == 2  # click refuses the choice
