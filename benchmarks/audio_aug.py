@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import json
 import os
 import platform
 import shlex
@@ -52,11 +53,20 @@ EXTRA = [
 OFF = {"gain_db": 0.0, "time_shift": 0.0, "freq_mask_width": 0, "time_mask_width": 0}
 
 
-def describe() -> str:
-    """The demo preset's augmentation in words."""
+def with_augment(override: dict[str, Any] | None) -> dict[str, Any]:
+    """The ``with`` arm's augmentation settings: the demo preset's, or ``override`` (--augment)."""
     from lbind_audio.modality import AudioModality
 
-    a = AudioModality.config_preset("demo").augment
+    if override is not None:
+        return override
+    return AudioModality.config_preset("demo").augment.model_dump()
+
+
+def describe(override: dict[str, Any] | None) -> str:
+    """The ``with`` arm's augmentation in words."""
+    from lbind_audio.augment import AudioAugmentConfig
+
+    a = AudioAugmentConfig(**with_augment(override))
     return (
         f"gain +-{a.gain_db:g} dB, time shift +-{100 * a.time_shift:g} %, {a.freq_masks} frequency mask(s) "
         f"< {a.freq_mask_width} of 32 mel bins, {a.time_masks} time mask(s) < {a.time_mask_width} of 192 frames, "
@@ -97,7 +107,7 @@ def run(
     captions: Any,
     fold: int,
     seed: int,
-    augment: bool,
+    augment: dict[str, Any] | None,
     epochs: int,
 ) -> float:
     """Train from scratch on the fold's training recordings; held-out top-1 (%)."""
@@ -110,7 +120,7 @@ def run(
     classes = sorted({label for _, label, _ in rows})
     target = torch.tensor([classes.index(label) for _, label, _ in rows])
     train, test = split(rows, fold)
-    preset = AudioModality.config_preset("demo") if augment else AudioModality.config_preset("demo", augment=OFF)
+    preset = AudioModality.config_preset("demo", augment=augment if augment is not None else OFF)
     mod = AudioModality(preset)
     torch.manual_seed(seed)
     encoder = mod.build_encoder(captions.shape[1])
@@ -138,6 +148,9 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=5, help="Seeds per fold and arm (default 5).")
     parser.add_argument("--folds", type=int, default=2, help="Recording-disjoint folds (default 2).")
     parser.add_argument("--epochs", type=int, default=80, help="Full-batch epochs per run (default 80).")
+    parser.add_argument(
+        "--augment", type=json.loads, help="The 'with' arm's settings as JSON (default: the demo preset's)."
+    )
     parser.add_argument("--write", action="store_true", help="Write the table into benchmarks/RESULTS.md.")
     args = parser.parse_args()
 
@@ -160,7 +173,8 @@ def main() -> None:
     for fold in range(args.folds):
         for seed in range(args.seeds):
             for augment in (False, True):  # interleaved: both arms see the same machine
-                top1 = run(rows, waves, captions, fold, seed, augment, args.epochs)
+                settings = with_augment(args.augment) if augment else None
+                top1 = run(rows, waves, captions, fold, seed, settings, args.epochs)
                 scores.setdefault((augment, fold), []).append(top1)
                 print(f"fold {fold} seed {seed} augment {augment}: top-1 {top1:.1f}", flush=True)
     minutes = (time.perf_counter() - started) / 60
@@ -168,7 +182,7 @@ def main() -> None:
         SECTION,
         "",
         "Held-out top-1 (%) of the audio demo preset trained from scratch with and without its training-time "
-        f"augmentation ({describe()}), on a recording-disjoint split of real clips; see the docstring of "
+        f"augmentation ({describe(args.augment)}), on a recording-disjoint split of real clips; see the docstring of "
         "benchmarks/audio_aug.py for the data and the training.",
         "",
         f"Command: `python benchmarks/audio_aug.py {shlex.join(sys.argv[1:])}`",
@@ -188,7 +202,9 @@ def main() -> None:
             cells.append(f"{statistics.mean(s):.1f} +- {statistics.pstdev(s):.1f}")
         every = [v for f in range(args.folds) for v in scores[(augment, f)]]
         lines.append(
-            f"| {'with (demo preset)' if augment else 'without'} | " + " | ".join(cells) + f" | "
+            f"| {('with (--augment)' if args.augment else 'with (demo preset)') if augment else 'without'} | "
+            + " | ".join(cells)
+            + f" | "
             f"{statistics.mean(every):.1f} +- {statistics.pstdev(every):.1f} |"
         )
     text = "\n".join([*lines, ""])
