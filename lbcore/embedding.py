@@ -9,13 +9,23 @@ The embed job writes the embeddings and their sidecar (:mod:`lbcore.embedstore`:
 and the lock). Running the job again with the same output embeds only the inputs not listed yet (files that
 failed before are tried again) and appends their rows; a run that stops early, even killed, keeps what it had
 committed at its last save. A second job on the same output is refused while the first runs.
+
+How the job runs (:mod:`lbcore.prefetch`): ``num_workers`` (default: the thread policy's, :mod:`lbcore.threads`,
+from ``threads``, the environment or the cores) preprocess a bounded number of items ahead of the encoder, in
+worker processes started before the model is loaded (so they hold none of its weights and their first items
+overlap its loading) or, with ``prefetch="threads"``, in threads of the job's process (less memory; as parallel
+as the plugin's preprocessing releases the GIL, which decoders and torch operations do). The encoder takes all
+the process's cores as torch threads while it is the slower side and the cores the workers leave while it waits
+for them (:class:`~lbcore.prefetch.EncoderThreads`; a count set in ``threads`` or the environment is kept).
+``precision="bfloat16"`` runs the encoder under bfloat16 autocast (faster where the CPU or GPU has bfloat16
+matrix units; rows differ from float32's in about the third significant digit) and still writes float32 rows.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -33,6 +43,7 @@ from lbcore.modality import Modality
 from lbcore.model import BindModel, load, modality_of
 from lbcore.prefetch import (
     EMBED_WORKER_SHARE,
+    EncoderThreads,
     Prefetch,
     ThreadFetches,
     preprocess_workers,
@@ -91,23 +102,34 @@ PRECISIONS: tuple[str, ...] = ("float32", "bfloat16")
 
 
 def _encoded(
-    model: BindModel, modality: str, batches: Iterator[Collated], precision: Precision = "float32"
+    model: BindModel,
+    modality: str,
+    batches: Iterator[Collated],
+    precision: Precision = "float32",
+    threads: EncoderThreads | None = None,
 ) -> Iterator[EmbeddedBatch]:
     """Run the encoder over ``batches`` (no autograd state kept; ``bfloat16``: under autocast); embeddings
-    float32 on the CPU, normalised."""
+    float32 on the CPU, normalised. ``threads`` hears how long each batch was waited for and encoded."""
     if precision not in PRECISIONS:
         raise InputError(None, f"precision {precision!r}", " or ".join(PRECISIONS))
     was_training = model.training
     model.eval()
     cuda = model.device.type == "cuda"
     try:
-        for batch in batches:
+        while True:
+            started = time.perf_counter()
+            batch = next(batches, None)
+            if batch is None:
+                return
+            ready = time.perf_counter()
             if batch.inputs is None:
                 emb = torch.empty(0, model.embed_dim or 0)
             else:
                 inputs = batch.inputs.pin_memory() if cuda else batch.inputs  # pinned: an async copy to the GPU
                 with torch.inference_mode(), _autocast(model.device, precision):
                     emb = model.encode(modality, inputs.to(model.device, non_blocking=cuda)).float().cpu()
+            if threads is not None:
+                threads.after_batch(ready - started, time.perf_counter() - ready)
             yield EmbeddedBatch(batch.indices, emb, batch.failures)
     finally:
         model.train(was_training)
@@ -313,17 +335,6 @@ def _embed_into(
         result.rows = len(store)
 
 
-@contextmanager
-def _torch_threads(count: int) -> Iterator[None]:
-    """torch's intra-op threads in this process set to ``count`` for the block, then back."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(count)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
 def _job_modality(checkpoint: Path, modality: str, model: BindModel | None) -> tuple[Modality, Any]:
     """The job's modality and the embedding size the checkpoint records, without loading weights."""
     if model is not None:
@@ -354,14 +365,7 @@ def embed_job(
     committed (atomically, see :mod:`lbcore.embedstore`) every ``save_every`` new rows and at the end, also when
     the run is interrupted; :class:`~lbcore.embedstore.OutputLockedError` if another job writes ``output``.
 
-    Threads (:mod:`lbcore.threads`, ``threads`` then the environment, then automatic): ``num_workers`` (default:
-    the policy's, a share of the cores) preprocess in worker processes started before the model is loaded, so
-    they hold none of its weights and their first batches overlap its loading; this process runs the encoder
-    with the policy's torch threads, a bounded number of items behind the workers. ``precision="bfloat16"`` runs
-    the encoder under bfloat16 autocast (faster where the CPU or GPU has bfloat16 matrix units; the rows differ
-    from float32's in about the third significant digit) and still writes float32 rows. ``prefetch="threads"``
-    preprocesses in ``num_workers`` threads of this process instead of worker processes (see
-    :data:`PREFETCH_MODES`).
+    Threads, ``num_workers``, ``prefetch`` and ``precision``: see the module docstring.
     """
     if batch_size <= 0 or precision not in PRECISIONS:
         raise InputError(None, f"batch size {batch_size}, precision {precision!r}", f"> 0, {' or '.join(PRECISIONS)}")
@@ -373,19 +377,22 @@ def embed_job(
     header["array"] = output.name
     policy = choose_policy(threads, worker_share=EMBED_WORKER_SHARE)
     workers = preprocess_workers(num_workers if num_workers is not None else policy.workers)
-    with lock_output(output), _torch_threads(policy.torch_threads):
+    auto = policy.sources.get("torch_threads") == "auto"  # else the user's count, kept all along
+    with lock_output(output):
         store = EmbedStore.open(output, header)
         result = EmbedJobResult(output, sidecar_path(output), len(store))
         files, missing = collect_inputs(inputs, mod.extensions)
         todo = _plan(store, files, missing, result)
         fetches = start_fetches(mod, todo, workers, prefetch)  # workers start now, before the weights are in memory
+        encoder_threads = EncoderThreads(policy.torch_threads, policy.cores if auto else policy.torch_threads)
         try:
             model = model if model is not None else load(checkpoint)
             store.header["anchor"] = _anchor_entry(model, checkpoint, embed_dim)
             store.claim()
-            batches = _encoded(model, modality, regroup(mod, fetches, batch_size), precision)
+            batches = _encoded(model, modality, regroup(mod, fetches, batch_size), precision, encoder_threads)
             _embed_into(store, todo, batches, result, save_every=save_every, progress=progress)
         finally:
+            encoder_threads.restore()
             if isinstance(fetches, ThreadFetches):
                 fetches.close()
     return result

@@ -28,6 +28,7 @@ __all__ = [
     "LOAD_CHUNK",
     "PREFETCH",
     "PREFETCH_MODES",
+    "EncoderThreads",
     "Prefetch",
     "ThreadFetches",
     "preprocess_workers",
@@ -130,3 +131,27 @@ def regroup(modality: Modality, fetches: Iterator[list[Preprocessed]], batch_siz
             del pending[:batch_size]
     if pending:
         yield collate(pending)
+
+
+class EncoderThreads:
+    """The consuming process's torch threads, chosen batch by batch from which side waits: ``high`` (all the
+    process's cores) while the encoder is the slower side (the workers are ahead and sleep on a full queue, so
+    the cores are the encoder's), ``low`` (the cores the workers leave) while the encoder waits for preprocessing
+    (so its threads do not compete with the workers). Starts at ``high``; :meth:`restore` puts back the count
+    found at the start. With ``low == high`` the count never changes."""
+
+    def __init__(self, low: int, high: int) -> None:
+        self.low, self.high = low, max(low, high)
+        self._before = torch.get_num_threads()
+        self.current = self.high
+        torch.set_num_threads(self.current)
+
+    def after_batch(self, waited: float, computed: float) -> None:
+        """Record one batch: ``waited`` seconds for its preprocessed items, ``computed`` seconds in the encoder."""
+        target = self.high if computed >= waited else self.low
+        if target != self.current:
+            torch.set_num_threads(target)
+            self.current = target
+
+    def restore(self) -> None:
+        torch.set_num_threads(self._before)

@@ -560,3 +560,25 @@ def test_cli_prefetch_and_precision_options(ckpt: Path, tmp_path: Path) -> None:
     with pytest.raises(SystemExit) as info:
         run_cli(["embed", "-c", str(ckpt), str(data), "-o", str(tmp_path / "x.npy"), "--prefetch", "fibers"])
     assert info.value.code == 2  # click refuses the choice
+
+
+def test_encoder_threads_follow_the_slower_side_and_are_restored() -> None:
+    import torch
+
+    from lbcore.prefetch import EncoderThreads
+
+    before = torch.get_num_threads()
+    threads = EncoderThreads(1, 3)
+    try:
+        assert torch.get_num_threads() == 3  # starts with every core: nothing measured yet
+        threads.after_batch(waited=2.0, computed=0.1)  # the encoder waits for preprocessing
+        assert torch.get_num_threads() == 1
+        threads.after_batch(waited=0.01, computed=4.0)  # the workers are ahead
+        assert torch.get_num_threads() == 3
+    finally:
+        threads.restore()
+    assert torch.get_num_threads() == before
+    fixed = EncoderThreads(2, 2)
+    fixed.after_batch(waited=5.0, computed=0.0)
+    assert torch.get_num_threads() == 2
+    fixed.restore()
