@@ -234,6 +234,15 @@ class DemoConcept:
 DemoRenderer = Callable[[DemoConcept, np.random.Generator, bool], np.ndarray]
 
 
+def render_scene(canvas: Any, draw: Callable[[Any, np.random.Generator, bool], None], rng: np.random.Generator,
+                 test: bool) -> np.ndarray:  # fmt: skip
+    """One procedural demo scene: ``draw(canvas, rng, test)``, then ``canvas.finish(rng)`` (the plugin's image
+    [H, W] or [H, W, C]), mirrored left-right half of the time."""
+    draw(canvas, rng, test)
+    image = canvas.finish(rng)
+    return image[:, ::-1].copy() if rng.random() < 0.5 else image
+
+
 def write_image_demo(
     root: str | os.PathLike[str],
     concepts: Sequence[DemoConcept],
