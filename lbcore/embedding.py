@@ -9,26 +9,49 @@ The embed job writes the embeddings and their sidecar (:mod:`lbcore.embedstore`:
 and the lock). Running the job again with the same output embeds only the inputs not listed yet (files that
 failed before are tried again) and appends their rows; a run that stops early, even killed, keeps what it had
 committed at its last save. A second job on the same output is refused while the first runs.
+
+How the job runs (:mod:`lbcore.prefetch`): ``num_workers`` (default: the thread policy's, :mod:`lbcore.threads`,
+from ``threads``, the environment or the cores) preprocess a bounded number of items ahead of the encoder, in
+worker processes started before the model is loaded (so they hold none of its weights and their first items
+overlap its loading) or, with ``prefetch="threads"``, in threads of the job's process (less memory; as parallel
+as the plugin's preprocessing releases the GIL, which decoders and torch operations do). The encoder takes all
+the process's cores as torch threads while it is the slower side and the cores the workers leave while it waits
+for them (:class:`~lbcore.prefetch.EncoderThreads`; a count set in ``threads`` or the environment is kept).
+``precision="bfloat16"`` runs the encoder under bfloat16 autocast (faster where the CPU or GPU has bfloat16
+matrix units; rows differ from float32's in about the third significant digit) and still writes float32 rows.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
 from lbcore import __version__
 from lbcore.cards import checkpoint_digest
-from lbcore.checkpoint import resolve_checkpoint_dir
+from lbcore.checkpoint import read_meta, resolve_checkpoint_dir
 from lbcore.deprecation import moved_names
 from lbcore.embedstore import SIDECAR_FORMAT, SIDECAR_VERSION, EmbedStore, check_output, lock_output, sidecar_path
+from lbcore.encoders import checkpoint_modality
 from lbcore.errors import CheckpointError, InputError, LbindError
+from lbcore.modality import Modality
 from lbcore.model import BindModel, load, modality_of
-from lbcore.samples import PreprocessDataset, SurvivorCollator, default_workers
+from lbcore.prefetch import (
+    EMBED_WORKER_SHARE,
+    EncoderThreads,
+    Prefetch,
+    ThreadFetches,
+    preprocess_workers,
+    regroup,
+    start_fetches,
+)
+from lbcore.samples import Collated
+from lbcore.threads import ThreadsConfig, choose_policy
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +96,49 @@ class EmbeddedBatch:
     failures: dict[int, str]
 
 
+Precision = Literal["float32", "bfloat16"]
+PRECISIONS: tuple[str, ...] = ("float32", "bfloat16")
+"""The encoder's compute precision in embedding jobs (rows are written as float32 either way)."""
+
+
+def _encoded(
+    model: BindModel,
+    modality: str,
+    batches: Iterator[Collated],
+    precision: Precision = "float32",
+    threads: EncoderThreads | None = None,
+) -> Iterator[EmbeddedBatch]:
+    """Run the encoder over ``batches`` (no autograd state kept; ``bfloat16``: under autocast); embeddings
+    float32 on the CPU, normalised. ``threads`` hears how long each batch was waited for and encoded."""
+    if precision not in PRECISIONS:
+        raise InputError(None, f"precision {precision!r}", " or ".join(PRECISIONS))
+    was_training = model.training
+    model.eval()
+    cuda = model.device.type == "cuda"
+    try:
+        while True:
+            started = time.perf_counter()
+            batch = next(batches, None)
+            if batch is None:
+                return
+            ready = time.perf_counter()
+            if batch.inputs is None:
+                emb = torch.empty(0, model.embed_dim or 0)
+            else:
+                inputs = batch.inputs.pin_memory() if cuda else batch.inputs  # pinned: an async copy to the GPU
+                with torch.inference_mode(), _autocast(model.device, precision):
+                    emb = model.encode(modality, inputs.to(model.device, non_blocking=cuda)).float().cpu()
+            if threads is not None:
+                threads.after_batch(ready - started, time.perf_counter() - ready)
+            yield EmbeddedBatch(batch.indices, emb, batch.failures)
+    finally:
+        model.train(was_training)
+
+
+def _autocast(device: torch.device, precision: Precision) -> Any:
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bfloat16")
+
+
 def iter_embeddings(
     model: BindModel,
     modality: str,
@@ -83,31 +149,15 @@ def iter_embeddings(
 ) -> Iterator[EmbeddedBatch]:
     """Embed ``items`` (paths or arrays) batch by batch, in order; embeddings are float32 CPU, normalised.
 
-    Workers preprocess with ``train=False``; the model runs in the calling process, without gradients.
+    Workers (``num_workers``, default: :func:`~lbcore.prefetch.preprocess_workers`) preprocess with ``train=False``, one torch thread
+    each (:func:`~lbcore.threads.worker_init_fn`), a bounded number of items ahead of the encoder, which runs
+    in the calling process without gradients. Batches hold the same items as :meth:`BindModel.embed`'s.
     """
     if batch_size <= 0:
         raise InputError(None, f"batch size {batch_size}", "a positive batch size")
     mod = modality_of(model, modality)
-    workers = default_workers() if num_workers is None else num_workers
-    loader = torch.utils.data.DataLoader(
-        PreprocessDataset(mod, items),
-        batch_size=batch_size,
-        shuffle=False,
-        num_workers=min(workers, max(len(items) // batch_size, 1)) if workers else 0,
-        collate_fn=SurvivorCollator(mod),
-    )
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            for batch in loader:
-                if batch.inputs is None:
-                    emb = torch.empty(0, model.embed_dim or 0)
-                else:
-                    emb = model.encode(modality, batch.inputs.to(model.device)).float().cpu()
-                yield EmbeddedBatch(batch.indices, emb, batch.failures)
-    finally:
-        model.train(was_training)
+    fetches = start_fetches(mod, items, preprocess_workers(num_workers))
+    yield from _encoded(model, modality, regroup(mod, fetches, batch_size))
 
 
 @dataclass
@@ -214,22 +264,29 @@ class EmbedJobResult:
     failed: dict[str, str] = field(default_factory=dict)  # requested inputs that could not be read, with why
 
 
-def _sidecar_header(model: BindModel, modality: str, checkpoint: Path, digest: str) -> dict[str, Any]:
-    """The sidecar's description of the job: everything but its rows and failures."""
-    if model.embed_dim is None:
+def _sidecar_header(modality: str, checkpoint: Path, digest: str, embed_dim: Any) -> dict[str, Any]:
+    """The sidecar's description of the job: everything but its rows and failures (``anchor`` is filled in
+    from the loaded model, see :func:`_anchor_entry`)."""
+    if not isinstance(embed_dim, int) or embed_dim <= 0:
         raise CheckpointError(f"{checkpoint}: the model does not record its embedding size")
     return {
         "format": SIDECAR_FORMAT,
         "format_version": SIDECAR_VERSION,
         "lbind_version": __version__,
         "modality": modality,
-        "embed_dim": int(model.embed_dim),
+        "embed_dim": embed_dim,
         "dtype": "float32",
         "normalized": True,
         "array": None,  # set by embed_job: the output's file name
         "checkpoint": {"path": str(checkpoint.resolve()), "sha256": digest},
-        "anchor": {"name": model.anchor_cfg.name, "fingerprint": model.anchor_fingerprint},
+        "anchor": None,
     }
+
+
+def _anchor_entry(model: BindModel, checkpoint: Path, embed_dim: int) -> dict[str, Any]:
+    if model.embed_dim != embed_dim:
+        raise CheckpointError(f"{checkpoint}: the model embeds into {model.embed_dim} dimensions, not {embed_dim}")
+    return {"name": model.anchor_cfg.name, "fingerprint": model.anchor_fingerprint}
 
 
 def _plan(store: EmbedStore, files: Sequence[Path], missing: Mapping[str, str], result: EmbedJobResult) -> list[Path]:
@@ -248,19 +305,16 @@ def _plan(store: EmbedStore, files: Sequence[Path], missing: Mapping[str, str], 
 
 def _embed_into(
     store: EmbedStore,
-    model: BindModel,
-    modality: str,
     todo: Sequence[Path],
+    batches: Iterator[EmbeddedBatch],
     result: EmbedJobResult,
     *,
-    batch_size: int,
-    num_workers: int | None,
     save_every: int,
     progress: ProgressCallback | None,
 ) -> None:
-    """Embed ``todo`` into ``store``, saving every ``save_every`` new rows and at the end (also on interruption)."""
+    """Write ``batches`` (of ``todo``) into ``store``, saving every ``save_every`` new rows and at the end (also
+    on interruption)."""
     completed = 0
-    batches = iter_embeddings(model, modality, todo, batch_size=batch_size, num_workers=num_workers)
     try:
         for batch in batches:
             names = [str(todo[i]) for i in batch.indices]
@@ -281,6 +335,13 @@ def _embed_into(
         result.rows = len(store)
 
 
+def _job_modality(checkpoint: Path, modality: str, model: BindModel | None) -> tuple[Modality, Any]:
+    """The job's modality and the embedding size the checkpoint records, without loading weights."""
+    if model is not None:
+        return modality_of(model, modality), model.embed_dim
+    return checkpoint_modality(checkpoint, modality), read_meta(checkpoint)["anchor"].get("embed_dim")
+
+
 def embed_job(
     checkpoint: str | Path,
     modality: str,
@@ -289,6 +350,9 @@ def embed_job(
     *,
     batch_size: int = 32,
     num_workers: int | None = None,
+    threads: ThreadsConfig | None = None,
+    precision: Precision = "float32",
+    prefetch: Prefetch = "processes",
     save_every: int = 4096,
     progress: ProgressCallback | None = None,
     model: BindModel | None = None,
@@ -300,31 +364,37 @@ def embed_job(
     logged, listed in the sidecar's ``failed`` and in the result, and the job carries on. The output is
     committed (atomically, see :mod:`lbcore.embedstore`) every ``save_every`` new rows and at the end, also when
     the run is interrupted; :class:`~lbcore.embedstore.OutputLockedError` if another job writes ``output``.
+
+    Threads, ``num_workers``, ``prefetch`` and ``precision``: see the module docstring.
     """
+    if batch_size <= 0 or precision not in PRECISIONS:
+        raise InputError(None, f"batch size {batch_size}, precision {precision!r}", f"> 0, {' or '.join(PRECISIONS)}")
     output = Path(output)
     check_output(output)
     checkpoint = resolve_checkpoint_dir(checkpoint)  # a run folder or hf://org/name[@rev]
-    digest = checkpoint_digest(checkpoint)["sha256"]
-    model = model if model is not None else load(checkpoint)
-    mod = modality_of(model, modality)
-    header = {**_sidecar_header(model, modality, checkpoint, digest), "array": output.name}
+    mod, embed_dim = _job_modality(checkpoint, modality, model)
+    header = _sidecar_header(modality, checkpoint, checkpoint_digest(checkpoint)["sha256"], embed_dim)
+    header["array"] = output.name
+    policy = choose_policy(threads, worker_share=EMBED_WORKER_SHARE)
+    workers = preprocess_workers(num_workers if num_workers is not None else policy.workers)
+    auto = policy.sources.get("torch_threads") == "auto"  # else the user's count, kept all along
     with lock_output(output):
         store = EmbedStore.open(output, header)
         result = EmbedJobResult(output, sidecar_path(output), len(store))
         files, missing = collect_inputs(inputs, mod.extensions)
         todo = _plan(store, files, missing, result)
-        store.claim()
-        _embed_into(
-            store,
-            model,
-            modality,
-            todo,
-            result,
-            batch_size=batch_size,
-            num_workers=num_workers,
-            save_every=save_every,
-            progress=progress,
-        )
+        fetches = start_fetches(mod, todo, workers, prefetch)  # workers start now, before the weights are in memory
+        encoder_threads = EncoderThreads(policy.torch_threads, policy.cores if auto else policy.torch_threads)
+        try:
+            model = model if model is not None else load(checkpoint)
+            store.header["anchor"] = _anchor_entry(model, checkpoint, embed_dim)
+            store.claim()
+            batches = _encoded(model, modality, regroup(mod, fetches, batch_size), precision, encoder_threads)
+            _embed_into(store, todo, batches, result, save_every=save_every, progress=progress)
+        finally:
+            encoder_threads.restore()
+            if isinstance(fetches, ThreadFetches):
+                fetches.close()
     return result
 
 

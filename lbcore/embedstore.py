@@ -5,8 +5,12 @@ L2-normalised; the sidecar ``<output>.json`` (e.g. ``emb.npy.json``) lists in ``
 in row order, and records the modality, the checkpoint's sha256 and the files that could not be read
 (``failed``: path -> reason).
 
-Commit: the sidecar is the commit record. A save writes the array first, then the sidecar, each through a
-temporary file and a rename; rows are only ever appended, so a saved array always extends the committed one.
+Commit: the sidecar is the commit record. A save writes the array first, then the sidecar (through a temporary
+file and a rename); rows are only ever appended, so a saved array always extends the committed one. A ``.npy``
+grows in place: the new rows are written after the committed ones, then the header's row count (numpy pads the
+header so that the count can grow without moving the data); only the rows since the last save are in memory,
+however many the file holds. A first save, and every save of a ``.safetensors`` (its format cannot grow in
+place: the whole array is kept in memory and rewritten), goes through a temporary file and a rename.
 A kill between the two renames leaves the new array beside the old sidecar: reading takes the array's first
 ``len(inputs)`` rows, exactly the committed ones, and a resumed job embeds the rest again. A job writes a
 sidecar without rows before its first array, so an array without a sidecar is never a state of ours (it is
@@ -19,6 +23,7 @@ output is refused with :class:`OutputLockedError` instead of both writing and on
 from __future__ import annotations
 
 import datetime as _dt
+import io
 import json
 import logging
 import os
@@ -105,6 +110,44 @@ def _read_array(output: Path) -> np.ndarray:
     return tensors[SAFETENSORS_KEY]
 
 
+def _npy_rows(output: Path) -> tuple[int, ...]:
+    """The shape of a .npy, read from its header (the data stay on disk)."""
+    try:
+        return tuple(np.load(output, mmap_mode="r", allow_pickle=False).shape)
+    except Exception as err:  # any reader failure: the file is not what the sidecar says
+        raise InputError(
+            output, f"cannot read the existing embeddings: {err}", "a file written by lbind embed"
+        ) from err
+
+
+def _append_npy(output: Path, rows: np.ndarray, start: int) -> bool:
+    """Write ``rows`` [n, E] float32 from row ``start`` of the .npy ``output`` in place (rows after ``start`` are
+    overwritten or cut), then its header's row count. False, with nothing written, when the file's header cannot
+    take the new count in place (a file numpy did not pad for growth, or another dtype or layout)."""
+    with open(output, "r+b") as f:
+        if np.lib.format.read_magic(f) != (1, 0):
+            return False
+        shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
+        offset = f.tell()
+        if fortran or dtype != np.dtype("<f4") or len(shape) != 2 or shape[1] != rows.shape[1] or shape[0] < start:
+            return False
+        header = io.BytesIO()
+        descr = {"descr": "<f4", "fortran_order": False, "shape": (start + rows.shape[0], rows.shape[1])}
+        np.lib.format.write_array_header_1_0(header, descr)
+        if len(header.getvalue()) != offset:
+            return False
+        f.seek(offset + start * rows.shape[1] * 4)
+        f.write(np.ascontiguousarray(rows, dtype="<f4").data)
+        f.truncate()
+        f.flush()
+        os.fsync(f.fileno())  # the rows are on disk before the header counts them
+        f.seek(0)
+        f.write(header.getvalue())
+        f.flush()
+        os.fsync(f.fileno())
+    return True
+
+
 def _write_array(output: Path, array: np.ndarray, modality: str) -> None:
     """Atomically (temporary file + rename) write [rows, E] float32."""
     tmp = output.with_name(f".{output.name}.tmp")
@@ -155,6 +198,8 @@ class EmbedStore:
         self.inputs = inputs
         self.failed = failed
         self.parts: list[np.ndarray] = []
+        """The rows held in memory: those from row :attr:`first_in_memory` on."""
+        self.first_in_memory = 0
         self._committed: tuple[int, dict[str, str]] = (len(inputs), dict(failed))
 
     @classmethod
@@ -169,23 +214,30 @@ class EmbedStore:
             raise InputError(output, f"exists without its sidecar {side.name}", "both files (or neither: delete it)")
         meta = _read_sidecar(side, output, header)
         inputs = list(meta["inputs"])
+        array: np.ndarray | None = None
         if not output.is_file():
             if inputs:
                 raise InputError(side, f"exists without the embeddings file {output.name}", "both files (or delete it)")
-            array = np.zeros((0, dim), np.float32)  # killed before its first rows were saved
+            shape: tuple[int, ...] = (0, dim)  # killed before its first rows were saved
+        elif output.suffix.lower() == ".npy":
+            shape = _npy_rows(output)  # the committed rows stay on disk: new ones are appended in place
         else:
             array = _read_array(output)
-        if array.ndim != 2 or array.shape[0] < len(inputs) or array.shape[1] != dim:
+            shape = array.shape
+        if len(shape) != 2 or shape[0] < len(inputs) or shape[1] != dim:
             raise InputError(
                 output,
-                f"holds an array of shape {list(array.shape)} but its sidecar lists {len(inputs)} inputs of a "
-                f"{dim}-d model",
+                f"holds an array of shape {list(shape)} but its sidecar lists {len(inputs)} inputs of a {dim}-d model",
                 "the two files of one run (delete both to start again)",
             )
-        if array.shape[0] > len(inputs):
-            log.warning("%s: %d row(s) of an interrupted save dropped", output, array.shape[0] - len(inputs))
+        if shape[0] > len(inputs):
+            log.warning("%s: %d row(s) of an interrupted save dropped", output, shape[0] - len(inputs))
         store = cls(output, header, inputs, dict(meta.get("failed") or {}))
-        store.parts.append(array[: len(inputs)].astype(np.float32, copy=False))
+        if array is not None or not output.is_file():
+            rows = array[: len(inputs)] if array is not None else np.zeros((0, dim), np.float32)
+            store.parts.append(rows.astype(np.float32, copy=False))
+        else:
+            store.first_in_memory = len(inputs)
         return store
 
     def __len__(self) -> int:
@@ -213,9 +265,21 @@ class EmbedStore:
 
     def save(self) -> None:
         """Commit every row and failure: the array first, then the sidecar (the commit record)."""
-        stacked = np.concatenate(self.parts) if len(self.parts) > 1 else self.parts[0]
-        self.parts[:] = [stacked]
-        _write_array(self.output, stacked, self.header["modality"])
+        dim = int(self.header["embed_dim"])
+        stacked = np.concatenate(self.parts) if len(self.parts) > 1 else (self.parts or [np.zeros((0, dim))])[0]
+        npy = self.output.suffix.lower() == ".npy"
+        if npy and self.output.is_file() and _append_npy(self.output, stacked, self.first_in_memory):
+            pass  # appended in place after the committed rows
+        elif self.first_in_memory == 0:
+            _write_array(self.output, stacked.astype(np.float32, copy=False), self.header["modality"])
+        else:  # a .npy another writer left in a layout that cannot grow in place: rewrite it whole
+            whole = np.concatenate([_read_array(self.output)[: self.first_in_memory], stacked])
+            _write_array(self.output, whole.astype(np.float32, copy=False), self.header["modality"])
+        if npy:
+            self.parts[:] = []
+            self.first_in_memory = len(self.inputs)
+        else:
+            self.parts[:] = [stacked]
         self._write_sidecar(len(self.inputs))
         self._committed = (len(self.inputs), dict(self.failed))
 

@@ -54,6 +54,11 @@ class Vec(Modality):
         if log and isinstance(item, (str, os.PathLike)):
             with open(log, "a") as f:
                 f.write(f"{item}\\n")
+        threads_log = os.environ.get("LBFAKE_VEC_THREADS_LOG")
+        if threads_log:
+            decoder = os.environ.get("LBIND_DECODER_THREADS")
+            with open(threads_log, "a") as f:
+                f.write(f"{os.getpid()} {torch.get_num_threads()} {decoder}\\n")
         if isinstance(item, (str, os.PathLike)):
             try:
                 item = np.load(item, allow_pickle=False)
@@ -379,3 +384,201 @@ def test_the_lock_holds_across_processes(ckpt: Path, tmp_path: Path) -> None:
         holder.stdin.close()
         assert holder.wait(timeout=60) == 0
     assert embed_job(ckpt, "vec", [data], out, num_workers=0).rows == 3  # released when that process ended
+
+
+# ------------------------------------------------------------------------------------ the job's pipeline
+def test_workers_preprocess_with_one_thread_each_and_the_job_restores_torch_threads(
+    ckpt: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import os
+
+    import torch
+
+    from lbcore.embedding import embed_job
+
+    data = tmp_path / "data"
+    for i in range(12):
+        write_vec(data / f"v{i:02d}.npy", [i + 1, 1, 0, 0])
+    log = tmp_path / "threads.log"
+    monkeypatch.setenv("LBFAKE_VEC_THREADS_LOG", str(log))
+    monkeypatch.delenv("LBIND_DECODER_THREADS", raising=False)
+    before = torch.get_num_threads()
+    result = embed_job(ckpt, "vec", [data], tmp_path / "emb.npy", num_workers=2, batch_size=5)
+    assert torch.get_num_threads() == before
+    assert len(result.embedded) == 12 and result.rows == 12
+    lines = [line.split() for line in log.read_text().splitlines()]
+    assert len(lines) == 12
+    assert {pid for pid, _, _ in lines} - {str(os.getpid())} == {pid for pid, _, _ in lines}  # all in workers
+    assert len({pid for pid, _, _ in lines}) == 2
+    assert {(threads, decoder) for _, threads, decoder in lines} == {("1", "1")}  # worker_init_fn ran
+    rows = np.load(tmp_path / "emb.npy")
+    want = np.stack([unit([i + 1, 1, 0, 0]) for i in range(12)])
+    np.testing.assert_allclose(rows, want, atol=1e-6)
+
+
+def test_batches_hold_the_items_of_consecutive_slices_failures_included() -> None:
+    from lbcore.prefetch import regroup
+    from lbcore.samples import Preprocessed
+
+    class Stack:
+        name = "vec"
+
+        @staticmethod
+        def collate(tensors: list[Any]) -> Any:
+            import torch
+
+            return torch.stack(tensors)
+
+    import torch
+
+    items = [
+        Preprocessed(i, None, "broken") if i in (3, 4, 9) else Preprocessed(i, torch.full((2,), float(i)), None)
+        for i in range(11)
+    ]
+    fetches = iter([items[0:4], items[4:8], items[8:11]])  # fetches of 4 do not line up with batches of 3
+    batches = list(regroup(Stack(), fetches, 3))  # type: ignore[arg-type]
+    assert [b.indices for b in batches] == [[0, 1, 2], [5], [6, 7, 8], [10]]
+    assert [sorted(b.failures) for b in batches] == [[], [3, 4], [], [9]]
+    assert batches[2].inputs is not None and batches[2].inputs[:, 0].tolist() == [6.0, 7.0, 8.0]
+
+
+def test_bfloat16_rows_are_close_to_float32_rows_and_other_precisions_are_refused(ckpt: Path, tmp_path: Path) -> None:
+    from lbcore.embedding import embed_job
+    from lbcore.errors import InputError
+
+    data = tmp_path / "data"
+    make_inputs(data)
+    embed_job(ckpt, "vec", [data], tmp_path / "f32.npy", num_workers=0)
+    embed_job(ckpt, "vec", [data], tmp_path / "bf16.npy", num_workers=0, precision="bfloat16")
+    f32, bf16 = np.load(tmp_path / "f32.npy"), np.load(tmp_path / "bf16.npy")
+    assert bf16.dtype == np.float32
+    np.testing.assert_allclose(bf16, f32, atol=2e-2)
+    assert np.all(np.sum(bf16 * f32, axis=1) > 0.999)
+    with pytest.raises(InputError, match="precision"):
+        embed_job(ckpt, "vec", [data], tmp_path / "x.npy", precision="float16")  # type: ignore[arg-type]
+
+
+def test_prefetch_in_threads_preprocesses_in_this_process_with_the_same_rows(
+    ckpt: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import os
+    import threading
+
+    from lbcore.embedding import embed_job
+    from lbcore.errors import InputError
+
+    data = tmp_path / "data"
+    for i in range(10):
+        write_vec(data / f"v{i:02d}.npy", [1, i, 0, 2])
+    (data / "v99.npy").write_bytes(b"broken")
+    log = tmp_path / "threads.log"
+    monkeypatch.setenv("LBFAKE_VEC_THREADS_LOG", str(log))
+    before = threading.active_count()
+    result = embed_job(ckpt, "vec", [data], tmp_path / "t.npy", num_workers=2, batch_size=3, prefetch="threads")
+    assert {line.split()[0] for line in log.read_text().splitlines()} == {str(os.getpid())}
+    assert list(result.failed) == [str((data / "v99.npy").resolve())]
+    embed_job(ckpt, "vec", [data], tmp_path / "p.npy", num_workers=2, batch_size=3)
+    np.testing.assert_array_equal(np.load(tmp_path / "t.npy"), np.load(tmp_path / "p.npy"))
+    assert read_sidecar(tmp_path / "t.npy")["inputs"] == read_sidecar(tmp_path / "p.npy")["inputs"]
+    for thread in threading.enumerate():  # the pool's threads end with the job
+        if thread.name.startswith("lbind-preprocess"):
+            thread.join(timeout=10)
+    assert threading.active_count() <= before
+    with pytest.raises(InputError, match="prefetch"):
+        embed_job(ckpt, "vec", [data], tmp_path / "x.npy", prefetch="fibers")  # type: ignore[arg-type]
+
+
+# ----------------------------------------------------------------------------- the output grows in place
+def test_a_npy_output_grows_in_place_and_holds_no_committed_row_in_memory(ckpt: Path, tmp_path: Path) -> None:
+    import os
+
+    from lbcore.embedding import embed_job
+    from lbcore.embedstore import EmbedStore
+
+    data = tmp_path / "data"
+    for i in range(5):
+        write_vec(data / f"v{i}.npy", [i + 1, 0, 1, 0])
+    out = tmp_path / "emb.npy"
+    embed_job(ckpt, "vec", [data], out, num_workers=0, batch_size=2, save_every=1)
+    inode = os.stat(out).st_ino
+    for i in range(5, 9):
+        write_vec(data / f"v{i}.npy", [i + 1, 0, 1, 0])
+    result = embed_job(ckpt, "vec", [data], out, num_workers=0, batch_size=3, save_every=1)
+    assert result.already_done == 5 and len(result.embedded) == 4
+    assert os.stat(out).st_ino == inode  # appended to, not rewritten
+    rows = np.load(out)
+    np.testing.assert_allclose(rows, np.stack([unit([i + 1, 0, 1, 0]) for i in range(9)]), atol=1e-6)
+    assert os.path.getsize(out) == 128 + rows.nbytes  # numpy's padded header, then exactly the rows
+
+    store = EmbedStore.open(out, {**read_sidecar(out), "array": out.name})
+    assert store.parts == [] and store.first_in_memory == 9 and len(store) == 9
+
+
+def test_a_kill_between_the_new_rows_and_the_npy_header_keeps_the_committed_rows(
+    ckpt: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import os
+
+    import lbcore.embedstore
+    from lbcore.embedding import embed_job
+
+    data = tmp_path / "data"
+    for i in range(3):
+        write_vec(data / f"v{i}.npy", [0, i + 1, 0, 1])
+    out = tmp_path / "emb.npy"
+    embed_job(ckpt, "vec", [data], out, num_workers=0)
+    size = os.path.getsize(out)
+    for i in range(3, 6):
+        write_vec(data / f"v{i}.npy", [0, i + 1, 0, 1])
+
+    def killed(fd: int) -> None:  # the first fsync comes after the rows, before the header counts them
+        raise OSError("killed")
+
+    monkeypatch.setattr(lbcore.embedstore.os, "fsync", killed)
+    with pytest.raises(OSError, match="killed"):
+        embed_job(ckpt, "vec", [data], out, num_workers=0)
+    assert os.path.getsize(out) > size  # the new rows are in the file ...
+    assert np.load(out).shape == (3, DIM)  # ... but not counted: the header still says 3
+    assert len(read_sidecar(out)["inputs"]) == 3
+
+    monkeypatch.undo()
+    result = embed_job(ckpt, "vec", [data], out, num_workers=0)
+    assert result.already_done == 3 and result.rows == 6
+    np.testing.assert_allclose(np.load(out), np.stack([unit([0, i + 1, 0, 1]) for i in range(6)]), atol=1e-6)
+
+
+def test_cli_prefetch_and_precision_options(ckpt: Path, tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    make_inputs(data)
+    out = tmp_path / "emb.npy"
+    run_cli(["embed", "-c", str(ckpt), str(data), "-o", str(out), "--num-workers", "2",
+             "--prefetch", "threads", "--precision", "bfloat16"])  # fmt: skip
+    rows = np.load(out)
+    want = np.stack([unit(VECTORS[n]) for n in ("a", "sub/b", "sub/deeper/c")])
+    assert rows.dtype == np.float32
+    np.testing.assert_allclose(rows, want, atol=2e-2)
+    with pytest.raises(SystemExit) as info:
+        run_cli(["embed", "-c", str(ckpt), str(data), "-o", str(tmp_path / "x.npy"), "--prefetch", "fibers"])
+    assert info.value.code == 2  # click refuses the choice
+
+
+def test_encoder_threads_follow_the_slower_side_and_are_restored() -> None:
+    import torch
+
+    from lbcore.prefetch import EncoderThreads
+
+    before = torch.get_num_threads()
+    threads = EncoderThreads(1, 3)
+    try:
+        assert torch.get_num_threads() == 3  # starts with every core: nothing measured yet
+        threads.after_batch(waited=2.0, computed=0.1)  # the encoder waits for preprocessing
+        assert torch.get_num_threads() == 1
+        threads.after_batch(waited=0.01, computed=4.0)  # the workers are ahead
+        assert torch.get_num_threads() == 3
+    finally:
+        threads.restore()
+    assert torch.get_num_threads() == before
+    fixed = EncoderThreads(2, 2)
+    fixed.after_batch(waited=5.0, computed=0.0)
+    assert torch.get_num_threads() == 2
+    fixed.restore()

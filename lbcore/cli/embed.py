@@ -25,7 +25,21 @@ from lbcore.plugins import default_registry
 )
 @click.option("--batch-size", type=int, default=32, show_default=True, help="Items per forward pass.")
 @click.option("--num-workers", type=int, help="DataLoader workers preprocessing the files.")
-@click.option("--save-every", type=int, default=4096, show_default=True, help="Rewrite the output every N new rows.")
+@click.option("--save-every", type=int, default=4096, show_default=True, help="Commit the output every N new rows.")
+@click.option(
+    "--prefetch",
+    type=click.Choice(["processes", "threads"]),
+    default="processes",
+    show_default=True,
+    help="Preprocess in worker processes, or in threads of this one (less memory).",
+)
+@click.option(
+    "--precision",
+    type=click.Choice(["float32", "bfloat16"]),
+    default="float32",
+    show_default=True,
+    help="Encoder compute (bfloat16: autocast, faster on bf16 hardware); rows are float32 either way.",
+)
 def embed(
     checkpoint: str,
     modality: str | None,
@@ -34,6 +48,8 @@ def embed(
     batch_size: int,
     num_workers: int | None,
     save_every: int,
+    prefetch: str,
+    precision: str,
 ) -> None:
     """Embed INPUTS (files, folders searched recursively, or @LIST files with one path per line) into OUTPUT.
 
@@ -53,6 +69,8 @@ def embed(
             batch_size=batch_size,
             num_workers=num_workers,
             save_every=save_every,
+            prefetch=prefetch,  # type: ignore[arg-type]  (click.Choice checked it)
+            precision=precision,  # type: ignore[arg-type]
             progress=lambda done, total: render.advance(bar, task, done, total),
         )
     render.embed_summary(result)
