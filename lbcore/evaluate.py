@@ -50,21 +50,7 @@ ProgressCallback = Callable[[str, int, int], None]  # (what, done, total)
 
 # Public names that moved out of this module: the old import path works for one release, with a warning.
 _MOVED = {
-    **dict.fromkeys(
-        (
-            "LOGIT_SCALE",
-            "average_precision",
-            "class_embeddings",
-            "classification_metrics",
-            "emergent_retrieval_metrics",
-            "fuse_logits",
-            "multilabel_metrics",
-            "retrieval_metrics",
-            "retrieval_metrics_from_scores",
-            "zero_shot_logits",
-        ),
-        "lbcore.metrics",
-    ),
+    **dict.fromkeys(metrics.__all__, "lbcore.metrics"),  # every metric lived here
     **dict.fromkeys(
         (
             "CARD_FORMAT",

@@ -45,6 +45,15 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".
 IMAGE_FORMATS = "an image file Pillow can read (PNG, JPEG, PGM, TIFF, ...)"
 PIXEL_TYPES = "uint8, uint16, bool or float in [0, 1], shaped H x W or H x W x C with C in 1..4"
 
+# The demo preset image-like plugins share: tiny and trained from scratch on a procedural demo set (no LoRA:
+# there are no pretrained weights to adapt; no token masking, which only slows learning at 36 tokens).
+IMAGE_DEMO_PRESET: dict[str, Any] = {
+    "image_size": 48,
+    "encoder": {"width": 64, "depth": 2, "heads": 4, "patch_size": 8},
+    "mask_ratio": 0.0,
+    "lora": {"rank": 0},
+    "optim": {"lr": 2e-3, "weight_decay": 0.05, "warmup_steps": 10, "epochs": 20, "batch_size": 32},
+}
 MAX_ASPECT_RATIO = 4
 """Inputs longer than this (long side / short side) are centre-cropped to it before resizing (bounded memory)."""
 
@@ -223,6 +232,15 @@ class DemoConcept:
 
 
 DemoRenderer = Callable[[DemoConcept, np.random.Generator, bool], np.ndarray]
+
+
+def render_scene(canvas: Any, draw: Callable[[Any, np.random.Generator, bool], None], rng: np.random.Generator,
+                 test: bool) -> np.ndarray:  # fmt: skip
+    """One procedural demo scene: ``draw(canvas, rng, test)``, then ``canvas.finish(rng)`` (the plugin's image
+    [H, W] or [H, W, C]), mirrored left-right half of the time."""
+    draw(canvas, rng, test)
+    image = canvas.finish(rng)
+    return image[:, ::-1].copy() if rng.random() < 0.5 else image
 
 
 def write_image_demo(

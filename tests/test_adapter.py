@@ -290,6 +290,7 @@ def test_a_vit_l14_adapter_is_a_small_fraction_of_the_encoder(rank: int) -> None
 
 
 # ------------------------------------------------------------------------------------------------- trainer
+@pytest.mark.slow
 def test_training_saves_lora_adapters_by_default_and_full_weights_on_request(anchor_dir: Path, tmp_path: Path) -> None:
     clip = write_clip(tmp_path / "clip", seed=0)
     rng = np.random.default_rng(0)

@@ -154,6 +154,7 @@ def test_directory_load_is_frozen_and_stays_in_eval(bert_dir):
     assert all(p.grad is None for p in anchor.parameters())
 
 
+@pytest.mark.slow
 def test_mean_pooling_equals_manual_masked_mean(bert_dir, bert_anchor):
     ref_model = BertModel.from_pretrained(bert_dir).eval()
     ref_tok = AutoTokenizer.from_pretrained(bert_dir)
@@ -201,6 +202,7 @@ def test_full_clip_checkpoint_uses_outer_projection(tmp_path, tokenizer):
     torch.testing.assert_close(anchor.encode(TEXTS[:3]), F.normalize(ref, dim=-1), atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_fingerprint_tracks_weights_pooling_and_tokenizer(bert_dir, bert_anchor, tokenizer):
     again = Anchor.from_pretrained(str(bert_dir), max_length=16)
     assert again.fingerprint == bert_anchor.fingerprint
@@ -287,6 +289,7 @@ def test_cache_hit_never_runs_the_model(tmp_path, bert_dir, bert_anchor, monkeyp
     assert runs == []
 
 
+@pytest.mark.slow
 def test_changed_anchor_misses(tmp_path, bert_dir, bert_anchor):
     cache = TextEmbeddingCache(tmp_path)
     texts = ["a cat", "a dog"]

@@ -198,6 +198,7 @@ def run_cli(args: list[str]) -> None:
 
 
 # --------------------------------------------------------------------------------------------- text x media
+@pytest.mark.slow
 def test_similarity_equals_the_cli_and_reaches_the_page_api(
     served: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -159,6 +159,7 @@ def test_the_word_tokenizer_reads_words_and_marks_unknown_ones() -> None:
 
 
 # ------------------------------------------------------------------------------------------- the decoder
+@pytest.mark.slow
 @pytest.mark.parametrize("conditioning", ["cross-attention", "prefix"])
 def test_a_decoder_learns_the_captions_and_loads_back_identical(capv: Any, tmp_path: Path, conditioning: str) -> None:
     from lbcore.captioneval import caption_items
@@ -188,6 +189,7 @@ def test_a_decoder_learns_the_captions_and_loads_back_identical(capv: Any, tmp_p
     assert caption_items(model, again, files) == greedy
 
 
+@pytest.mark.slow
 def test_cli_trains_captions_and_evaluates_a_decoder(
     capv: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -85,6 +85,7 @@ def lbind(args: list[str], site: Path, tmp_path: Path, **extra: str) -> subproce
     )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("command", ["plugins", "modalities"])
 def test_tables_fit_an_80_column_terminal(site: Path, tmp_path: Path, command: str) -> None:
     done = lbind([command], site, tmp_path, COLUMNS="80", LBIND_PLUGINS="lbfake_outvec,lbfake_outbroken")

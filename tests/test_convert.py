@@ -252,6 +252,7 @@ class _TactilePlugin:
         register(TactileModality)
 
 
+@pytest.mark.slow
 def test_a_plugin_declares_its_own_release_and_the_converter_finds_it(tmp_path: Path) -> None:
     registry = default_registry().load()  # the built-in plugins first, then the test's
     registry.add_plugin(_TactilePlugin(), "tactile-test")
@@ -602,6 +603,7 @@ class _RunsAShell:
         return (os.system, (f"touch {self.path}",))
 
 
+@pytest.mark.slow
 @pytest.mark.filterwarnings("ignore:Detected pickle protocol")  # the pickle.dump container: refused anyway
 @pytest.mark.parametrize("payload", [_OpensAFile, _RunsAShell])
 @pytest.mark.parametrize("container", ["torch.save", "pickle.dump"])

@@ -592,6 +592,7 @@ def test_a_plain_manifest_cannot_feed_fusion(fp: str, tmp_path: Path) -> None:
 
 
 # ------------------------------------------------------------------------------------------------- lbind demo
+@pytest.mark.slow
 def test_demo_trains_evaluates_and_holds_each_modality_to_the_bar(
     vec: Any, anchor_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

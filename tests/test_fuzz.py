@@ -220,6 +220,7 @@ def test_arrays_into_image_like_preprocessing(builtin: Any, item: np.ndarray, na
     ),
     rate=st.none() | st.sampled_from([16000, 8000, 44100, 1, 0, -5, 47999]),
 )
+@pytest.mark.slow
 def test_arrays_into_audio_preprocessing(builtin: Any, item: np.ndarray, rate: int | None) -> None:
     check_outcome(builtin["audio"], item if rate is None else (item, rate))
 

@@ -356,6 +356,7 @@ print(grown // 1024)  # MiB (ru_maxrss is in KiB on Linux)
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("width", [20_000, 100_000])
 def test_a_one_pixel_high_strip_costs_memory_of_the_output_size(tmp_path, width):
     import subprocess

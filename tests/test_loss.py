@@ -112,6 +112,7 @@ def one_process_reference() -> tuple[float, list[torch.Tensor]]:
     return ref, [p.grad for p in model.parameters()] + [scale.grad]
 
 
+@pytest.mark.slow
 def test_local_loss_gives_the_global_loss_and_gradients_over_two_processes(tmp_path) -> None:
     out = tmp_path / "report.pt"
     tmp_mp.spawn(local_loss_worker, args=(2, f"file://{tmp_path / 'rendezvous'}", str(out)), nprocs=2)

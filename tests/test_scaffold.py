@@ -92,6 +92,7 @@ def test_rendered_modality_registers_and_preprocesses_in_process(rendered: Path,
             del sys.modules[name]
 
 
+@pytest.mark.slow
 def test_rendered_tests_pass(rendered: Path, tmp_path: Path) -> None:
     """The rendered tests folder (contract battery, loader and demo tests) passes as it is, uninstalled."""
     env = {

@@ -204,6 +204,7 @@ def prepass_worker(rank: int, world: int, init: str, anchor_dir: str, root: str,
         dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_two_processes_share_out_the_pre_pass(anchor_dir: Path, tmp_path: Path) -> None:
     texts = [f"a recording of sound number {i}" for i in range(60)] + ["a dog", "a dog"]
     anchor = Anchor.from_pretrained(str(anchor_dir), max_length=16)

@@ -228,6 +228,7 @@ def test_apply_sets_torch_threads_and_exports_for_workers() -> None:
     assert "OMP_WAIT_POLICY" not in os.environ
 
 
+@pytest.mark.slow
 def test_apply_before_torch_sets_interop_once_and_warns_after() -> None:
     out = run_python("""
         import logging, os, sys
@@ -276,6 +277,7 @@ def test_decoder_threads_reads_the_environment(monkeypatch: pytest.MonkeyPatch) 
         decoder_threads()
 
 
+@pytest.mark.slow
 def test_importing_changes_no_thread_count() -> None:
     alone = run_python("""
         import os, sys

@@ -716,6 +716,7 @@ def subprocess_env(site: Path, **extra: str) -> dict[str, str]:
     return env
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_to_the_same_weights(fk: Any, site: Path, anchor_dir: Path, tmp_path: Path) -> None:
     manifest = fk.write_signals(tmp_path / "data", 48)
     config = tmp_path / "run.yaml"
@@ -827,6 +828,7 @@ acc.wait_for_everyone()
 """
 
 
+@pytest.mark.slow
 def test_two_processes_give_the_loss_and_gradients_of_one_global_and_local_loss(
     fk: Any, site: Path, tmp_path: Path
 ) -> None:

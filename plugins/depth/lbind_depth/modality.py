@@ -10,9 +10,9 @@ import numpy as np
 import torch
 from pydantic import Field, model_validator
 
-from lbcore.config import ImageConfig
+from lbcore.config import ImageConfig, deep_merge
 from lbcore.errors import check_finite
-from lbcore.image import ImageLikeModality, is_path, normalize, resize_crop
+from lbcore.image import IMAGE_DEMO_PRESET, ImageLikeModality, is_path, normalize, resize_crop
 from lbcore.release import ReleaseLayout
 from lbcore.templates import imagenet_templates
 from lbind_depth.encoding import DepthEncoding, decode_depth, read_depth_file
@@ -29,13 +29,7 @@ LANGUAGEBIND = {
 }
 # Tiny and trained from scratch on the procedural demo set: full training (no LoRA: there are no pretrained
 # weights to adapt) and no token masking, which only slows learning at 36 tokens; about 170 steps in all.
-DEMO = {
-    "image_size": 48,
-    "encoder": {"width": 64, "depth": 2, "heads": 4, "patch_size": 8},
-    "mask_ratio": 0.0,
-    "lora": {"rank": 0},
-    "optim": {"lr": 2e-3, "weight_decay": 0.05, "warmup_steps": 10, "epochs": 20, "batch_size": 32},
-}
+DEMO = deep_merge(IMAGE_DEMO_PRESET, {})  # a copy: presets are per plugin
 
 
 class DepthConfig(ImageConfig):

@@ -335,6 +335,7 @@ def test_nyud_json_reads_the_real_label_list(tmp_path):
 # -- demo data -------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_demo_data_is_deterministic_by_seed_and_well_formed(tmp_path):
     m = _modality()
     start = time.perf_counter()

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lbcore.image import DemoConcept, write_image_demo
+from lbcore.image import DemoConcept, render_scene, write_image_demo
 
 CONCEPTS = (
     DemoConcept(
@@ -192,10 +192,7 @@ SCENES: dict[str, Callable[[_Canvas, np.random.Generator, bool], None]] = {
 
 def render(concept: DemoConcept, rng: np.random.Generator, test: bool) -> np.ndarray:
     """One scene of ``concept`` as a uint8 RGB image [H, W, 3]."""
-    canvas = _Canvas(rng, test)
-    SCENES[concept.label](canvas, rng, test)
-    image = canvas.finish(rng)
-    return image[:, ::-1].copy() if rng.random() < 0.5 else image
+    return render_scene(_Canvas(rng, test), SCENES[concept.label], rng, test)
 
 
 def make_demo_data(root: Path, seed: int = 0) -> None:

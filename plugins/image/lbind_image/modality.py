@@ -9,8 +9,8 @@ from typing import Any, ClassVar
 import numpy as np
 from pydantic import Field
 
-from lbcore.config import ImageConfig
-from lbcore.image import IMAGE_EXTENSIONS, ImageLikeModality
+from lbcore.config import ImageConfig, deep_merge
+from lbcore.image import IMAGE_DEMO_PRESET, IMAGE_EXTENSIONS, ImageLikeModality
 from lbcore.release import ReleaseLayout
 from lbcore.templates import IMAGENET_TEMPLATES
 
@@ -25,13 +25,7 @@ LANGUAGEBIND = {
 }
 # Tiny and trained from scratch on the procedural demo set, like the depth and infrared demos: 160 steps (about
 # 12 s on one CPU core) reach 98-100 % held-out zero-shot top-1 with the MiniLM anchor (seeds 0 and 1).
-DEMO = {
-    "image_size": 48,
-    "encoder": {"width": 64, "depth": 2, "heads": 4, "patch_size": 8},
-    "mask_ratio": 0.0,
-    "lora": {"rank": 0},
-    "optim": {"lr": 2e-3, "weight_decay": 0.05, "warmup_steps": 10, "epochs": 20, "batch_size": 32},
-}
+DEMO = deep_merge(IMAGE_DEMO_PRESET, {})  # a copy: presets are per plugin
 
 
 class RGBConfig(ImageConfig):

@@ -8,8 +8,8 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from lbcore.config import ImageConfig
-from lbcore.image import IMAGE_EXTENSIONS, ImageLikeModality
+from lbcore.config import ImageConfig, deep_merge
+from lbcore.image import IMAGE_DEMO_PRESET, IMAGE_EXTENSIONS, ImageLikeModality
 from lbcore.release import ReleaseLayout
 from lbcore.templates import IMAGENET_TEMPLATES
 
@@ -22,13 +22,7 @@ LANGUAGEBIND = {
 }
 # Tiny and trained from scratch on the procedural demo set: full training (no LoRA: there are no pretrained
 # weights to adapt) and no token masking, which only slows learning at 36 tokens; about 260 steps in all.
-DEMO = {
-    "image_size": 48,
-    "encoder": {"width": 64, "depth": 2, "heads": 4, "patch_size": 8},
-    "mask_ratio": 0.0,
-    "lora": {"rank": 0},
-    "optim": {"lr": 2e-3, "weight_decay": 0.05, "warmup_steps": 10, "epochs": 30, "batch_size": 32},
-}
+DEMO = deep_merge(IMAGE_DEMO_PRESET, {"optim": {"epochs": 30}})
 
 
 class InfraredConfig(ImageConfig):

@@ -6,6 +6,7 @@ import itertools
 import json
 
 import numpy as np
+import pytest
 import torch
 from lbind_video import demo
 from lbind_video.frames import frame_indices, read_video_frames
@@ -18,6 +19,7 @@ def small(root, seed: int = 0) -> None:
     demo.make_demo_data(root, seed=seed, train_per_concept=2, test_per_concept=1)
 
 
+@pytest.mark.slow
 def test_same_seed_same_bytes_other_seed_other_clips(tmp_path) -> None:
     small(tmp_path / "a")
     small(tmp_path / "b")

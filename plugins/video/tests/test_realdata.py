@@ -33,6 +33,7 @@ def languagebind() -> VideoModality:
     return VideoModality(VideoModality.config_preset("languagebind"))
 
 
+@pytest.mark.slow
 def test_every_real_clip_preprocesses_to_the_languagebind_shape(languagebind) -> None:
     files = real_videos()
     assert len(files) >= 10, files

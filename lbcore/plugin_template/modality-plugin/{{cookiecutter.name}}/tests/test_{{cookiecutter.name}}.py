@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from lbcore.manifest import read_manifest
 from lbcore.errors import InputError
+from lbcore.manifest import read_manifest
 
 from {{ cookiecutter.package }}.demo import CONCEPTS, COUNTS
 from {{ cookiecutter.package }}.modality import {{ cookiecutter.class_prefix }}Modality
