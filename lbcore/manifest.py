@@ -244,6 +244,7 @@ class Manifest:
         self._labels = labels
         self._multilabel = multilabel
         self._lines = lines
+        self._outside_found: list[Any] | bool | None = False  # False: not looked for yet
 
     def __repr__(self) -> str:
         return f"Manifest({str(self.source)!r}, rows={len(self)}, columns={list(self.columns)})"
@@ -276,7 +277,9 @@ class Manifest:
         invalid: dict[str, dict[int, str]] = {}
         for i, row in enumerate(rows):
             for key, value in row.paths.items():
-                columns.setdefault(key, [None] * len(rows))[i] = value
+                if key not in columns:  # not setdefault: its default would build an n-list on every row
+                    columns[key] = [None] * len(rows)
+                columns[key][i] = value
             for key, why in row.invalid.items():
                 invalid.setdefault(key, {})[i] = why
         base = Path(os.path.abspath(source)).parent.resolve()
@@ -293,23 +296,23 @@ class Manifest:
         manifest._log_outside()
         return manifest
 
+    def _outside(self) -> list[Any] | None:
+        """[count, first line, its path] of the paths that lead outside the manifest's folder, or None."""
+        if self._outside_found is False:
+            inside = str(self.base) + os.sep
+            count, first = 0, None
+            for values in self._columns.values():
+                for i, p in enumerate(values):
+                    if p is not None and not os.path.normpath(os.path.join(self.base, p)).startswith(inside):
+                        count += 1
+                        first = first or [self.line(i), p]
+            self._outside_found = [count, *first] if first else None
+        return self._outside_found  # type: ignore[return-value]
+
     def _log_outside(self) -> None:
-        inside = str(self.base) + os.sep
-        outside = [
-            (i, p)
-            for values in self._columns.values()
-            for i, p in enumerate(values)
-            if p is not None and not os.path.normpath(os.path.join(self.base, p)).startswith(inside)
-        ]
+        outside = self._outside()
         if outside:
-            i, p = outside[0]
-            log.warning(
-                "%s: %d path(s) lead outside the manifest's folder (first: line %d, %s)",
-                self.source,
-                len(outside),
-                self._lines[i],
-                p,
-            )
+            log.warning("%s: %d path(s) lead outside the manifest's folder (first: line %d, %s)", self.source, *outside)
 
     # -- shape ---------------------------------------------------------------------------------------------
     def __len__(self) -> int:

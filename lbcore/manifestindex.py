@@ -7,7 +7,8 @@ index stores the same rows as flat arrays in one folder per manifest version:
 * per path column: the UTF-8 bytes of every row's path in one blob, and ``offsets`` [n + 1] (an absent path
   is an empty slice; a manifest path is never empty);
 * captions and labels: the distinct strings (first-seen order) as a blob with offsets, and per row the ids of
-  its strings as a ragged array (``row_offsets`` [n + 1], ``ids``);
+  its strings as a ragged array (``row_offsets`` [n + 1], ``ids``); the distinct captions' caption-store keys
+  (``S16``, :func:`lbcore.textshard.text_keys`), so the caption pre-pass never hashes them again;
 * ``multilabel`` [n] and the manifest ``lines`` [n]; ``meta.json`` with the columns, the values that are not
   paths (rare, kept as text), the warning about paths outside the manifest's folder, and the key.
 
@@ -36,12 +37,22 @@ import numpy as np
 
 from lbcore.config import default_cache_dir
 from lbcore.manifest import PATH, Manifest, ManifestError, _listing
+from lbcore.textshard import text_keys
 
 log = logging.getLogger(__name__)
 
-__all__ = ["FORMAT", "MappedManifest", "RaggedIds", "StringTable", "build_index", "index_key", "open_manifest"]
+__all__ = [
+    "FORMAT",
+    "CaptionStrings",
+    "MappedManifest",
+    "RaggedIds",
+    "StringTable",
+    "build_index",
+    "index_key",
+    "open_manifest",
+]
 
-FORMAT = "lbind-manifest-index/1"
+FORMAT = "lbind-manifest-index/2"
 
 
 def _load(folder: Path, name: str) -> np.ndarray:
@@ -90,6 +101,25 @@ class StringTable(Sequence[str]):
         offsets = np.zeros(len(encoded) + 1, dtype=np.int64)
         np.cumsum(np.fromiter((len(e) for e in encoded), dtype=np.int64, count=len(encoded)), out=offsets[1:])
         return np.frombuffer(b"".join(encoded), dtype=np.uint8), offsets
+
+
+class CaptionStrings(StringTable):
+    """The distinct captions of an index, with their caption-store keys (``S16`` [n], hashed when the index was
+    built), so that the caption pre-pass and the caption tables never hash them again."""
+
+    def __init__(self, blob: np.ndarray, offsets: np.ndarray, keys: np.ndarray) -> None:
+        super().__init__(blob, offsets)
+        if len(keys) != len(self):
+            raise ManifestError(
+                f"{getattr(keys, 'filename', 'caption keys')}: {len(keys)} keys for {len(self)} captions"
+            )
+        self.keys = keys
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild, (CaptionStrings, (_ref(self.blob), _ref(self.offsets), _ref(self.keys))))
+
+    def text_keys(self) -> np.ndarray:
+        return self.keys
 
 
 class RaggedIds(Sequence[tuple[int, ...]]):
@@ -185,7 +215,10 @@ class MappedManifest(Manifest):
             c: StringTable(_load(folder, f"col{j}.blob"), _load(folder, f"col{j}.offsets"))
             for j, c in enumerate(meta["columns"])
         }
-        strings = {k: StringTable(_load(folder, f"{k}.blob"), _load(folder, f"{k}.offsets")) for k in ("cap", "lab")}
+        strings = {
+            "cap": CaptionStrings(_load(folder, "cap.blob"), _load(folder, "cap.offsets"), _load(folder, "cap.keys")),
+            "lab": StringTable(_load(folder, "lab.blob"), _load(folder, "lab.offsets")),
+        }
         ragged = {k: RaggedIds(_load(folder, f"{k}.rows"), _load(folder, f"{k}.ids"), rows) for k in ("cap", "lab")}
         lines, multilabel = _load(folder, "lines"), _load(folder, "multilabel")
         full_invalid = {c: {int(i): w for i, w in bad.items()} for c, bad in meta["invalid"].items()}
@@ -213,10 +246,8 @@ class MappedManifest(Manifest):
     def __repr__(self) -> str:
         return f"MappedManifest({str(self.source)!r}, rows={len(self)}, index={str(self.folder)!r})"
 
-    def _log_outside(self) -> None:
-        outside = self.meta.get("outside")
-        if outside:
-            log.warning("%s: %d path(s) lead outside the manifest's folder (first: line %d, %s)", self.source, *outside)
+    def _outside(self) -> list[Any] | None:
+        return self.meta.get("outside")
 
     def multilabel(self, index: int) -> bool:
         return bool(self._multilabel[index])
@@ -284,17 +315,6 @@ def _file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _outside(manifest: Manifest) -> list[Any] | None:
-    inside = str(manifest.base) + os.sep
-    count, first = 0, None
-    for values in manifest._columns.values():
-        for i, p in enumerate(values):
-            if p is not None and not os.path.normpath(os.path.join(manifest.base, p)).startswith(inside):
-                count += 1
-                first = first or [manifest.line(i), p]
-    return [count, *first] if first else None
-
-
 def build_index(manifest: Manifest, folder: Path, key: str = "") -> None:
     """Write the arrays of a parsed ``manifest`` into ``folder`` (which must not exist yet)."""
     folder.mkdir(parents=True)
@@ -310,6 +330,8 @@ def build_index(manifest: Manifest, folder: Path, key: str = "") -> None:
         position: dict[str, int] = {}
         arrays[f"{key_}.rows"], arrays[f"{key_}.ids"] = RaggedIds.pack((getter(i) for i in rows), position)
         arrays[f"{key_}.blob"], arrays[f"{key_}.offsets"] = StringTable.pack(position)
+        if key_ == "cap":
+            arrays["cap.keys"] = text_keys(list(position))  # hashed once here, never again by the pre-pass
     for name, arr in arrays.items():
         np.save(folder / f"{name}.npy", arr, allow_pickle=False)
     stat = manifest.source.stat()
@@ -324,7 +346,7 @@ def build_index(manifest: Manifest, folder: Path, key: str = "") -> None:
         "rows": len(manifest),
         "columns": columns,
         "invalid": {c: {str(i): w for i, w in bad.items()} for c, bad in manifest._invalid.items()},
-        "outside": _outside(manifest),
+        "outside": manifest._outside(),
     }
     (folder / "meta.json").write_text(json.dumps(meta, indent=1, ensure_ascii=False), encoding="utf-8")
 

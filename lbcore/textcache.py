@@ -44,7 +44,11 @@ class PrepassReport:
 
 def caption_owner(texts: Sequence[str], world: int) -> np.ndarray:
     """The rank [N] that encodes each caption: its key's first 8 bytes (big-endian) modulo ``world``."""
-    head = np.frombuffer(text_keys(texts).tobytes(), dtype=">u8").reshape(-1, 2)[:, 0]
+    return _key_owner(text_keys(texts), world)
+
+
+def _key_owner(keys: np.ndarray, world: int) -> np.ndarray:
+    head = np.frombuffer(np.ascontiguousarray(keys).tobytes(), dtype=">u8").reshape(-1, 2)[:, 0]
     return (head % np.uint64(world)).astype(np.int64)
 
 
@@ -111,14 +115,14 @@ def precompute_captions(
         raise TextStoreError(f"{store.folder}: belongs to another anchor than {anchor.fingerprint[:12]}")
     wait = barrier if barrier is not None else _default_barrier(world)
     started = time.perf_counter()
-    unique = list(dict.fromkeys(texts))
-    order = np.argsort(text_keys(unique), kind="stable")
-    owners = caption_owner(unique, world)
-    mine = [unique[i] for i in order if owners[i] == rank]  # in key order
+    # Work on keys: only the captions this rank must encode are ever looked at as strings (a warm store over
+    # a manifest index, whose captions carry their keys, costs no per-caption Python work at all).
+    keys, first = np.unique(text_keys(texts), return_index=True)  # distinct captions, in key order
+    mine = np.flatnonzero(_key_owner(keys, world) == rank)
     store.refresh()
-    todo = store.missing(mine)
+    todo = [texts[int(i)] for i in first[mine[~store.holds(keys[mine])]]]
     logger.info("caption pre-pass rank %d/%d: %d distinct captions, %d of its %d to encode", rank, world,
-                len(unique), len(todo), len(mine))  # fmt: skip
+                len(keys), len(todo), len(mine))  # fmt: skip
     with torch.inference_mode():
         written = _encode_share(anchor, todo, store, batch_size, shard_rows, progress)
     wait()
@@ -127,24 +131,23 @@ def precompute_captions(
             store.compact()
         wait()
     store.reopen()
-    left = store.missing(unique)
-    if left:
+    left = np.flatnonzero(~store.holds(keys))
+    if len(left):
         raise TextStoreError(
-            f"{store.folder}: {len(left)} of {len(unique)} captions are still missing after the pre-pass "
-            f"(e.g. {left[0][:60]!r}); did a rank fail, or is the folder not shared by every rank?"
+            f"{store.folder}: {len(left)} of {len(keys)} captions are still missing after the pre-pass "
+            f"(e.g. {texts[int(first[left[0]])][:60]!r}); did a rank fail, or is the folder not shared by every rank?"
         )
-    return PrepassReport(len(unique), len(todo), written, time.perf_counter() - started, store)
+    return PrepassReport(len(keys), len(todo), written, time.perf_counter() - started, store)
 
 
-def manifest_captions(manifests: Sequence[str | Path], manifest_cache: str | Path | None = None) -> list[str]:
+def manifest_captions(manifests: Sequence[str | Path], manifest_cache: str | Path | None = None) -> Sequence[str]:
     """Every distinct caption of the JSONL/CSV ``manifests`` (plain or paired), first-seen order (media files are
     not checked). Each is read through its memory-mapped index (:func:`lbcore.manifestindex.open_manifest`,
     under ``manifest_cache``), which training then finds built."""
-    seen: dict[str, None] = {}
-    for manifest in manifests:
-        texts, _ = open_manifest(manifest, manifest_cache).caption_index()
-        seen.update(dict.fromkeys(texts))
-    return list(seen)
+    tables = [open_manifest(manifest, manifest_cache).caption_index()[0] for manifest in manifests]
+    if len(tables) == 1:
+        return tables[0]  # already distinct, and carrying its keys
+    return list(dict.fromkeys(t for texts in tables for t in texts))
 
 
 def cache_manifest_texts(

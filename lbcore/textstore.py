@@ -52,6 +52,7 @@ from lbcore.textshard import (
     KEY_DTYPE,
     SUFFIX,
     CorruptShard,
+    KeyedTexts,
     Shard,
     Verify,
     gather_rows,
@@ -61,7 +62,7 @@ from lbcore.textshard import (
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["CaptionTable", "TextStore", "text_keys"]
+__all__ = ["CaptionTable", "KeyedTexts", "TextStore", "text_keys"]
 
 
 class TextStore:
@@ -225,6 +226,10 @@ class TextStore:
             hit = found >= 0
             slot[todo[hit]], row[todo[hit]] = i, found[hit]
         return slot, row
+
+    def holds(self, keys: np.ndarray) -> np.ndarray:
+        """Whether an open shard holds each of ``keys`` (``S16`` [N], see :func:`text_keys`): bool [N]."""
+        return self._locate(np.asarray(keys, dtype=KEY_DTYPE).reshape(-1))[0] >= 0
 
     def missing(self, texts: Sequence[str]) -> list[str]:
         """The distinct ``texts`` (first-seen order) that no open shard holds."""

@@ -18,7 +18,7 @@ import gc
 import logging
 import os
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -154,13 +154,13 @@ class CaptionTables:
     embed_dim: int
 
 
-def _distinct_texts(datasets: Mapping[str, TrainDataset]) -> list[str]:
+def _distinct_texts(datasets: Mapping[str, TrainDataset]) -> Sequence[str]:
     """Every caption of the datasets, once, first-seen (datasets of one paired manifest share their texts)."""
     seen: dict[int, Any] = {}
     for ds in datasets.values():
         seen.setdefault(id(ds.captions.texts), ds.captions.texts)
     if len(seen) == 1:
-        return list(next(iter(seen.values())))
+        return next(iter(seen.values()))  # one manifest's captions: distinct already (and keyed, when mapped)
     return list(dict.fromkeys(t for texts in seen.values() for t in texts))
 
 

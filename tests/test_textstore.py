@@ -244,3 +244,64 @@ def test_cache_manifest_texts_fills_the_store_from_manifests(anchor_dir: Path, t
     np.testing.assert_allclose(report.store.lookup(texts), anchor.encode(texts).numpy(), atol=1e-6, rtol=0)
     again = cache_manifest_texts(cfg, [csv])
     assert (again.texts, again.encoded, again.shards) == (2, 0, [])
+
+
+class Digest:
+    """A stand-in anchor: each caption's row is drawn from its sha256 (8-d), recording what it encodes."""
+
+    embed_dim, name = 8, "digest"
+    fingerprint = hashlib.sha256(b"digest-anchor").hexdigest()
+
+    def __init__(self) -> None:
+        self.seen: list[str] = []
+
+    def encode(self, texts: list[str], batch_size: int = 64) -> torch.Tensor:
+        self.seen.extend(texts)
+        seeds = [int.from_bytes(hashlib.sha256(t.encode()).digest()[:4], "big") for t in texts]
+        return torch.from_numpy(np.stack([rows_for(["x"], seed=s)[0] for s in seeds]))
+
+
+class Untouchable(list):
+    """Captions with their keys that fail when a caption is read: the pre-pass must need none."""
+
+    def __init__(self, texts: list[str], keys: np.ndarray) -> None:
+        super().__init__(texts)
+        self.keys = keys
+
+    def text_keys(self) -> np.ndarray:
+        return self.keys
+
+    def __getitem__(self, i):  # type: ignore[no-untyped-def]
+        raise AssertionError(f"caption {i} was read")
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        raise AssertionError("the captions were iterated")
+
+
+def test_a_manifest_index_carries_caption_keys_and_a_warm_pre_pass_reads_no_caption(tmp_path: Path) -> None:
+    from lbcore.manifestindex import CaptionStrings, open_manifest
+
+    rows = [{"path": f"{i}.wav", "captions": [f"event {i}", f"shared {i % 3}"]} for i in range(30)]
+    mapped = open_manifest(write_manifest(tmp_path / "m.jsonl", rows), tmp_path / "idx")
+    texts, _ = mapped.caption_index()
+    plain = list(dict.fromkeys(c for r in rows for c in r["captions"]))
+    assert isinstance(texts, CaptionStrings) and list(texts) == plain
+    assert text_keys(texts).tobytes() == text_keys(plain).tobytes()  # stored keys = hashlib's
+
+    anchor, store = Digest(), TextStore(tmp_path / "store", Digest.fingerprint)
+    store.write_shard(plain[:10], anchor.encode(plain[:10]))
+    anchor.seen.clear()
+    cold = precompute_captions(anchor, texts, store, batch_size=4)
+    assert (cold.texts, cold.encoded) == (len(plain), len(plain) - 10)
+    assert sorted(anchor.seen) == sorted(plain[10:])  # only the missing ones, each once
+    assert anchor.seen == sorted(anchor.seen, key=lambda t: text_keys([t]).tobytes())  # in key order
+    np.testing.assert_array_equal(store.lookup(plain), Digest().encode(plain).numpy())
+
+    warm = precompute_captions(anchor, Untouchable(plain, text_keys(plain)), store, batch_size=4)
+    assert (warm.texts, warm.encoded, warm.shards) == (len(plain), 0, [])
+    table = warm.store.table(Untouchable(plain, text_keys(plain)))
+    np.testing.assert_array_equal(table.gather([3, 0]).numpy(), Digest().encode([plain[3], plain[0]]).numpy())
+    # Rank 0 of 2 whose partner never ran: the partner's new caption is named.
+    lost = next(t for t in (f"never encoded {i}" for i in range(50)) if caption_owner([t], 2)[0] == 1)
+    with pytest.raises(TextStoreError, match=f"1 of {len(plain) + 1} captions are still missing.*'{lost}'"):
+        precompute_captions(anchor, [*plain, lost], store, rank=0, world=2, barrier=lambda: None)
