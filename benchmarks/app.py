@@ -161,12 +161,9 @@ def report(rows: dict, startup_s: float, repeat: int, media: list, texts: list, 
 
 
 def write(section: str) -> None:
-    text = RESULTS.read_text(encoding="utf-8") if RESULTS.exists() else ""
-    if SECTION in text:  # replace the earlier run's section (it runs to the next top-level heading)
-        head, _, rest = text.partition(SECTION)
-        after = rest.find("\n# ")
-        text = head + (rest[after + 1 :] if after >= 0 else "")
-    RESULTS.write_text(text.rstrip("\n") + "\n\n" + section, encoding="utf-8")
+    from resultsfile import replace_section  # beside this script
+
+    replace_section(SECTION, section)
 
 
 def main() -> None:

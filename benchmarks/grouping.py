@@ -126,16 +126,9 @@ def render(results: dict[str, Any], args: argparse.Namespace) -> str:
 
 def write_section(text: str) -> Path:
     """Replace this benchmark's section of RESULTS.md (or append it), leaving the other sections alone."""
-    path = Path(__file__).with_name("RESULTS.md")
-    old = path.read_text(encoding="utf-8") if path.is_file() else ""
-    start = old.find(SECTION)
-    if start < 0:
-        new = old.rstrip("\n") + "\n\n" + text if old else text
-    else:
-        end = old.find("\n# ", start + 1)
-        new = old[:start] + text + (old[end:] if end >= 0 else "")
-    path.write_text(new.rstrip("\n") + "\n", encoding="utf-8")
-    return path
+    from resultsfile import replace_section  # beside this script
+
+    return replace_section(SECTION, text)
 
 
 def main() -> None:

@@ -28,7 +28,6 @@ import numpy as np
 from lbcore.textstore import TextStore
 
 FP = hashlib.sha256(b"benchmark-anchor").hexdigest()
-RESULTS = Path(__file__).with_name("RESULTS.md")
 HEADING = "# Caption store"
 NOTE = """
 Where a lookup's time goes (100 k captions, 4 shards, warm, same machine, measured separately): hashing the
@@ -191,11 +190,9 @@ def main() -> None:
     text = report(args, new, old)
     print(text)
     if args.write:
-        current = RESULTS.read_text() if RESULTS.is_file() else ""
-        head = current.split(HEADING)[0].rstrip()
-        tail = current.split(HEADING, 1)[1] if HEADING in current else ""
-        rest = tail[tail.find("\n# ") :] if "\n# " in tail else ""
-        RESULTS.write_text((head + "\n\n" if head else "") + text + rest)
+        from resultsfile import replace_section  # beside this script
+
+        replace_section(HEADING, text)
 
 
 if __name__ == "__main__":

@@ -1,9 +1,10 @@
 """CPU thread settings side by side: short `lbind train` runs of the audio demo preset, idle and under load.
 
-Each variant is one fresh `lbind train -m audio --max-steps N` process, told what to do through the
-environment (``OMP_NUM_THREADS``, ``OMP_WAIT_POLICY``) or ``--num-workers``; the ``lbind policy`` variant runs
-:func:`lbcore.threads.choose_policy` + :func:`lbcore.threads.apply` before the CLI (as `lbind` will once the
-trainer calls it) and passes the policy's worker count. Speed is steps per second over the steps after the
+Each variant is one fresh `lbind train -m audio --max-steps N` process. The trainer applies lbind's thread
+policy (:mod:`lbcore.threads`) in every run; the variants pin the settings they vary through what that policy
+obeys: the environment (``LBIND_NUM_THREADS`` = the cores for torch's own default thread count,
+``OMP_NUM_THREADS``, ``OMP_WAIT_POLICY``) and ``--num-workers``. ``lbind default`` sets nothing: it is what a
+user gets (the run prints the policy it will choose). Speed is steps per second over the steps after the
 first ``--skip`` ones (start-up, model building and the first batch excluded), read from the run's
 metrics.jsonl; the median of ``--rounds`` runs, the variants interleaved (each round in a rotated order).
 
@@ -32,22 +33,28 @@ import time
 from pathlib import Path
 
 RUN_CLI = "import sys\nfrom lbcore.cli import main\nmain(sys.argv[1:])"
-RUN_POLICY = """import sys
-from lbcore.threads import apply, choose_policy
-policy = choose_policy()
-print("lbind-policy:", policy.describe(), file=sys.stderr, flush=True)
-apply(policy)
+RUN_DEFAULT = """import sys
+from lbcore.threads import choose_policy
+print("lbind-policy:", choose_policy().describe(), file=sys.stderr, flush=True)  # what the trainer will choose
 from lbcore.cli import main
-main([*sys.argv[1:], "--num-workers", str(policy.workers)])
+main(sys.argv[1:])
 """
-# name -> (environment, extra `lbind train` arguments, program)
+CORES = str(os.cpu_count() or 1)
+LBIND = "lbind default (its thread policy)"
+# name -> (environment, extra `lbind train` arguments, program). lbind applies its thread policy in every run;
+# the variants pin what they vary through the variables and flags that policy obeys (LBIND_NUM_THREADS = cores:
+# torch's own default thread count).
 VARIANTS: dict[str, tuple[dict[str, str], list[str], str]] = {
-    "default (torch threads = cores, 1 worker)": ({}, [], RUN_CLI),
-    "OMP_NUM_THREADS=1": ({"OMP_NUM_THREADS": "1"}, [], RUN_CLI),
-    "OMP_WAIT_POLICY=PASSIVE": ({"OMP_WAIT_POLICY": "PASSIVE"}, [], RUN_CLI),
-    "no worker": ({}, ["--num-workers", "0"], RUN_CLI),
+    "torch's default (threads = cores, 1 worker)": ({"LBIND_NUM_THREADS": CORES}, ["--num-workers", "1"], RUN_CLI),
+    "OMP_NUM_THREADS=1": ({"OMP_NUM_THREADS": "1"}, ["--num-workers", "1"], RUN_CLI),
+    "OMP_WAIT_POLICY=PASSIVE": (
+        {"LBIND_NUM_THREADS": CORES, "OMP_WAIT_POLICY": "PASSIVE"},
+        ["--num-workers", "1"],
+        RUN_CLI,
+    ),
+    "no worker": ({"LBIND_NUM_THREADS": CORES}, ["--num-workers", "0"], RUN_CLI),
     "OMP_NUM_THREADS=1, 2 workers": ({"OMP_NUM_THREADS": "1"}, ["--num-workers", "2"], RUN_CLI),
-    "lbind policy": ({}, [], RUN_POLICY),
+    LBIND: ({}, [], RUN_DEFAULT),
 }
 LOADS: dict[str, list[str]] = {
     "idle": [],
@@ -124,7 +131,7 @@ def render(results: dict[str, dict[str, object]], args: argparse.Namespace, mach
         "",
         "Short `lbind train -m audio` runs (demo preset) side by side: steps/s after the first "
         f"{args.skip} steps (start-up excluded) from metrics.jsonl, median of {args.rounds} fresh process(es) per "
-        "variant, variants interleaved; in brackets the speed relative to the default under the same load. "
+        "variant, variants interleaved; in brackets the speed relative to torch's default under the same load. "
         "Loads: `busy` = one process spinning one core, `torch` = a second torch job (512x512 matmuls, "
         "torch's default threads).",
         "",
@@ -151,10 +158,10 @@ def render(results: dict[str, dict[str, object]], args: argparse.Namespace, mach
         speeds = results[load]["speeds"]  # type: ignore[index]
         finished = {v: s for v, s in speeds.items() if not math.isnan(s)}  # type: ignore[union-attr]
         best = max(finished, key=finished.get)  # type: ignore[arg-type]
-        share = speeds["lbind policy"] / finished[best]
+        share = speeds[LBIND] / finished[best]
         chosen = sorted(set(results[load]["policies"]))  # type: ignore[call-overload]
         verdict.append(
-            f"- {load}: lbind policy at {share:.0%} of the best ({best}); chose: {'; '.join(chosen) or 'n/a'}"
+            f"- {load}: lbind's default at {share:.0%} of the best ({best}); chose: {'; '.join(chosen) or 'n/a'}"
         )
     lines += ["", *verdict, ""]
     if args.quick:
@@ -169,16 +176,9 @@ def render(results: dict[str, dict[str, object]], args: argparse.Namespace, mach
 
 def write_section(text: str) -> Path:
     """Replace this benchmark's section of RESULTS.md (or append it), leaving the other sections alone."""
-    path = Path(__file__).with_name("RESULTS.md")
-    old = path.read_text(encoding="utf-8") if path.is_file() else ""
-    start = old.find("## CPU thread policy")
-    if start < 0:
-        new = old.rstrip("\n") + "\n\n" + text if old else text
-    else:
-        end = old.find("\n#", start + 1)
-        new = old[:start] + text + (old[end:] if end >= 0 else "")
-    path.write_text(new.rstrip("\n") + "\n", encoding="utf-8")
-    return path
+    from resultsfile import replace_section  # beside this script
+
+    return replace_section("## CPU thread policy", text)
 
 
 def machine_line() -> str:

@@ -15,6 +15,7 @@ import json
 import logging
 import shutil
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -50,7 +51,14 @@ from lbcore.statefiles import (
 
 log = logging.getLogger(__name__)
 
-__all__ = ["adapter_modalities", "open_metrics", "restore_checkpoint", "restore_latest", "save_checkpoint"]
+__all__ = [
+    "ResumeTarget",
+    "adapter_modalities",
+    "open_metrics",
+    "restore_checkpoint",
+    "restore_latest",
+    "save_checkpoint",
+]
 
 METRICS_FILE = "metrics.jsonl"
 SCALES_FILE = "logit_scales.safetensors"
@@ -219,50 +227,43 @@ def _apply_state(
     apply_rng(state["rng"])
 
 
-def restore_checkpoint(
-    accelerator: Any,
-    latest: Path,
-    *,
-    model: BindModel,
-    optimizer: torch.optim.Optimizer,
-    scheduler: torch.optim.lr_scheduler.LRScheduler,
-    anchor_fingerprint: str,
-    steps_per_epoch: int,
-    total_steps: int,
-) -> dict[str, Any]:
-    """Load the run checkpoint ``latest`` into the prepared model, ``optimizer``, ``scheduler`` and generators;
-    return its progress record. Raises :class:`ConfigError` when it belongs to another run (anchor, modality
-    configs, or steps per epoch; a changed total only warns: the schedule follows the new total), and
+@dataclass(frozen=True)
+class ResumeTarget:
+    """What a resume loads into, and what the checkpoint must agree with (the run being started)."""
+
+    model: BindModel
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    anchor_fingerprint: str
+    steps_per_epoch: int
+    total_steps: int
+
+
+def restore_checkpoint(accelerator: Any, latest: Path, target: ResumeTarget) -> dict[str, Any]:
+    """Load the run checkpoint ``latest`` into the prepared model, optimizer, scheduler and generators of
+    ``target``; return its progress record. Raises :class:`ConfigError` when it belongs to another run (anchor,
+    modality configs, or steps per epoch; a changed total only warns: the schedule follows the new total), and
     :class:`CheckpointError` naming the file when a part of it is missing or corrupt (nothing is changed then)."""
-    _check_same_run(latest, model, anchor_fingerprint)
-    state = _read_state(accelerator, latest, model, optimizer, scheduler)
-    return _finish_restore(accelerator, latest, state, model, optimizer, scheduler, steps_per_epoch, total_steps)
+    _check_same_run(latest, target.model, target.anchor_fingerprint)
+    state = _read_state(accelerator, latest, target.model, target.optimizer, target.scheduler)
+    return _finish_restore(accelerator, latest, state, target)
 
 
-def _finish_restore(
-    accelerator: Any,
-    latest: Path,
-    state: Mapping[str, Any],
-    model: BindModel,
-    optimizer: torch.optim.Optimizer,
-    scheduler: torch.optim.lr_scheduler.LRScheduler,
-    steps_per_epoch: int,
-    total_steps: int,
-) -> dict[str, Any]:
-    load_group_state(model.groups, latest / GROUPS_FILE)  # group fusions and temperatures (outside the encoders)
+def _finish_restore(accelerator: Any, latest: Path, state: Mapping[str, Any], target: ResumeTarget) -> dict[str, Any]:
+    load_group_state(target.model.groups, latest / GROUPS_FILE)  # group fusions and temperatures
     progress = state["progress"]
-    if progress.get("steps_per_epoch") != steps_per_epoch:
+    if progress.get("steps_per_epoch") != target.steps_per_epoch:
         raise ConfigError(
-            f"{latest}: the data gives {steps_per_epoch} steps per epoch, the checkpoint was made with "
+            f"{latest}: the data gives {target.steps_per_epoch} steps per epoch, the checkpoint was made with "
             f"{progress.get('steps_per_epoch')}; resume with the same data and batch size"
         )
-    if progress.get("total_steps") != total_steps:
+    if progress.get("total_steps") != target.total_steps:
         log.warning(
             "resume: total steps changed from %s to %d; the learning-rate schedule follows the new total",
             progress.get("total_steps"),
-            total_steps,
+            target.total_steps,
         )
-    _apply_state(accelerator, state, model, optimizer, scheduler)
+    _apply_state(accelerator, state, target.model, target.optimizer, target.scheduler)
     return progress
 
 
@@ -274,41 +275,24 @@ def _everyone_agrees(accelerator: Any, ok: bool) -> bool:
     return bool(flags.min().item())
 
 
-def restore_latest(
-    accelerator: Any,
-    output: Path,
-    *,
-    model: BindModel,
-    optimizer: torch.optim.Optimizer,
-    scheduler: torch.optim.lr_scheduler.LRScheduler,
-    anchor_fingerprint: str,
-    steps_per_epoch: int,
-    total_steps: int,
-) -> tuple[Path, dict[str, Any]] | None:
-    """Restore the newest resumable checkpoint of the run folder ``output`` (see :func:`restore_checkpoint`);
-    return it with its progress record, or None when there is none. An incomplete or corrupt checkpoint is
-    skipped with a warning for the previous one; when none is readable, :class:`CheckpointError` says why."""
+def restore_latest(accelerator: Any, output: Path, target: ResumeTarget) -> tuple[Path, dict[str, Any]] | None:
+    """Restore the newest resumable checkpoint of the run folder ``output`` into ``target`` (see
+    :func:`restore_checkpoint`); return it with its progress record, or None when there is none. An incomplete or
+    corrupt checkpoint is skipped with a warning for the previous one; when none is readable,
+    :class:`CheckpointError` says why."""
     candidates = resumable_checkpoints(output)
     problems = []
     for index, path in enumerate(candidates):
-        _check_same_run(path, model, anchor_fingerprint)
+        _check_same_run(path, target.model, target.anchor_fingerprint)
         try:
-            state: dict[str, Any] | None = _read_state(accelerator, path, model, optimizer, scheduler)
+            state: dict[str, Any] | None = _read_state(
+                accelerator, path, target.model, target.optimizer, target.scheduler
+            )
             problem = None
         except CheckpointError as err:
             state, problem = None, str(err)
         if _everyone_agrees(accelerator, state is not None):
-            progress = _finish_restore(
-                accelerator,
-                path,
-                state,
-                model,
-                optimizer,
-                scheduler,
-                steps_per_epoch,
-                total_steps,  # type: ignore[arg-type]
-            )
-            return path, progress
+            return path, _finish_restore(accelerator, path, state, target)  # type: ignore[arg-type]
         problem = problem or "another process could not read its part of the train state"
         problems.append(f"{path.name}: {problem}")
         following = candidates[index + 1].name if index + 1 < len(candidates) else None

@@ -43,7 +43,7 @@ from lbcore.model import BindModel
 from lbcore.optim import build_optimizer, build_scheduler
 from lbcore.pairdata import draw_micro
 from lbcore.runconfig import TrainPlan, resolve_config
-from lbcore.runstate import adapter_modalities, open_metrics, restore_latest, save_checkpoint
+from lbcore.runstate import ResumeTarget, adapter_modalities, open_metrics, restore_latest, save_checkpoint
 from lbcore.samples import derive_seed
 from lbcore.traindata import build_loaders, caption_tables, open_datasets, steps_per_epoch
 
@@ -288,16 +288,15 @@ class Trainer:
         return target
 
     def _resume(self) -> int:
-        restored = restore_latest(
-            self.accelerator,
-            self.output,
-            model=self.model,
-            optimizer=self.engine.optimizer,
-            scheduler=self.scheduler,
-            anchor_fingerprint=self.anchor_fingerprint,
-            steps_per_epoch=self.steps_per_epoch,
-            total_steps=self.total_steps,
+        target = ResumeTarget(
+            self.model,
+            self.engine.optimizer,
+            self.scheduler,
+            self.anchor_fingerprint,
+            self.steps_per_epoch,
+            self.total_steps,
         )
+        restored = restore_latest(self.accelerator, self.output, target)
         if restored is None:
             log.info("resume: no checkpoint in %s; starting from scratch", self.output)
             return 0
