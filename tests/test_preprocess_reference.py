@@ -117,6 +117,36 @@ def test_video_fast_mode_decodes_decords_frames(slow: bool) -> None:
         assert (frames == expected).all(), path
 
 
+def test_video_exact_mode_decodes_with_decord_when_the_frame_counts_disagree(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The skipping decoder serves the exact mode only when it numbers the frames as decord does."""
+    import decord
+    import lbind_video.frames as frames_module
+    from lbind_video.fastdecode import read_scaled_frames
+    from lbind_video.frames import VIDEO_FILES, frame_indices
+
+    path = _videos(False)[0]
+    reader = decord.VideoReader(str(path), num_threads=1)
+    count, stored = len(reader), reader[0].shape[:2]
+    want = lambda n: frame_indices(n, 8)  # noqa: E731
+    frames, size = read_scaled_frames(path, want, None, 1, VIDEO_FILES, frame_count=count + 1)
+    assert frames is None and size == tuple(stored)
+    assert read_scaled_frames(path, want, None, 1, VIDEO_FILES, frame_count=count)[0] is not None
+    used: list[int | None] = []
+    real = frames_module.read_scaled_frames
+
+    def disagreeing(*args: object, frame_count: int | None = None) -> object:
+        used.append(frame_count)
+        return real(*args, frame_count=(frame_count or 0) + 1)
+
+    monkeypatch.setattr(frames_module, "read_scaled_frames", disagreeing)
+    modality = _modality("video", "VideoModality", decode="exact")
+    cfg = modality.config
+    assert torch.equal(modality.preprocess(path), ref.video(str(path), cfg.image_size, cfg.num_frames))
+    assert used == [count]
+
+
 @pytest.mark.parametrize("slow", [False, pytest.param(True, marks=pytest.mark.slow)])
 def test_video_fast_mode_is_within_a_few_grey_levels_of_exact(slow: bool) -> None:
     exact = _modality("video", "VideoModality", decode="exact")

@@ -49,29 +49,40 @@ def read_video_frames(
 ) -> np.ndarray:
     """Decode the frames at :func:`frame_indices` from a video file: uint8 [num_frames, H, W, 3].
 
-    With ``short_side`` None (the ``exact`` mode): decord decodes the frames at their stored size, and only
-    the sampled ones are converted to RGB (one ``get_batch`` over the distinct indices, in order).
-    With ``short_side`` (the ``fast`` mode): :func:`lbind_video.fastdecode.read_scaled_frames` decodes only
-    the sampled frames and the frames they depend on, and ffmpeg's scaler brings them to ``short_side``
-    while converting them to RGB (see :func:`~lbind_video.fastdecode.scaled_size`); decord, scaling alike,
-    when the clip's packets lack timestamps. ``threads``: decoding threads (None:
+    Both modes decode with :func:`lbind_video.fastdecode.read_scaled_frames`: only the sampled frames and the
+    frames they depend on, and only the sampled ones converted to RGB. With ``short_side`` None (the ``exact``
+    mode) at their stored size: decord's frames bit for bit (tested on the real clips), and used only when the
+    clip's frame count agrees with decord's (decord reads the index, decoding nothing), else decord decodes
+    them. With ``short_side`` (the ``fast`` mode), ffmpeg's scaler brings them to ``short_side`` while
+    converting them (see :func:`~lbind_video.fastdecode.scaled_size`). Decord decodes when the clip's packets
+    lack timestamps (scaling alike in the fast mode). ``threads``: decoding threads (None:
     :func:`lbcore.threads.decoder_threads`, the thread policy's choice; 0: the decoder's).
 
     Raises :class:`InputError` naming the file when it is missing, empty, not a video, truncated or has no
     frames.
     """
-    import decord  # imported here: plugin discovery must not load the decoder
-
     path = Path(path)
     check_media_file(path, VIDEO_FILES)
     threads = decoder_threads() if threads is None else threads
-    size = {}
+    size: dict[str, int] = {}
+    available = None
+    if short_side is None:  # exact: decord's frame count first, so that the frames are decord's ones
+        reader, available = _open_decord(path, threads, size)
+    frames, (height, width) = read_scaled_frames(
+        path, lambda n: frame_indices(n, num_frames), short_side, threads, VIDEO_FILES, frame_count=available
+    )
+    if frames is not None:
+        return frames
     if short_side is not None:
-        frames, (size["height"], size["width"]) = read_scaled_frames(
-            path, lambda n: frame_indices(n, num_frames), short_side, threads, VIDEO_FILES
-        )
-        if frames is not None:
-            return frames
+        size = {"height": height, "width": width}
+        reader, available = _open_decord(path, threads, size)
+    return _decord_frames(reader, available, num_frames, path)  # type: ignore[arg-type]
+
+
+def _open_decord(path: Path, threads: int, size: dict[str, int]) -> tuple[Any, int]:
+    """A decord reader of ``path`` (frames scaled to ``size`` when given) and its frame count (at least 1)."""
+    import decord  # imported here: plugin discovery must not load the decoder
+
     try:
         reader = decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=threads, **size)
         available = len(reader)
@@ -85,6 +96,11 @@ def read_video_frames(
         ) from err
     if available < 1:
         raise InputError(path, "the video stream has zero frames", VIDEO_FILES)
+    return reader, available
+
+
+def _decord_frames(reader: Any, available: int, num_frames: int, path: Path) -> np.ndarray:
+    """The frames at :func:`frame_indices` decoded by decord: uint8 [num_frames, H, W, 3]."""
     wanted = frame_indices(available, num_frames)
     distinct = sorted(set(wanted))
     batch = _decode_batch(reader, distinct, path)  # [len(distinct), H, W, 3]
