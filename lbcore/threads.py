@@ -6,9 +6,13 @@ machine makes it worse. lbind chooses instead, from the cores it may use (affini
 see :func:`available_cores`) and from how busy they are right now (:func:`busy_cores`):
 
 * DataLoader workers: none on one core, else a share of the cores (``worker_share``: a quarter for training,
-  where the encoder dominates; more for a decode-bound embedding job), at least one, at most
-  :data:`MAX_AUTO_WORKERS`; none for a job without per-sample preprocessing (``worker_share=0``).
-* torch intra-op threads: the idle cores left after the workers, at least one.
+  where the encoder dominates; more for a decode-bound embedding job), at least two, at most
+  :data:`MAX_AUTO_WORKERS`; none for a job without per-sample preprocessing (``worker_share=0``). The second
+  worker costs nothing when one keeps up (the loader's prefetch is bounded, so it sleeps) and keeps the
+  encoder fed when a sample takes longer than a step: on 2 cores, idle or beside a busy one, two workers and
+  one torch thread ran the audio demo preset 1.2-1.3x faster than one worker (benchmarks/RESULTS.md).
+* torch intra-op threads: the idle cores left after the workers' share of the cores (``worker_share``), at
+  least one.
 * torch inter-op threads: one (lbind runs no inter-op parallel work; fewer idle threads).
 * OpenMP waiting: passive (no spinning) when the threads and workers outnumber the idle cores, else the
   OpenMP runtime's default.
@@ -343,12 +347,15 @@ def choose_policy(
     sources: dict[str, str] = {}
 
     picked = _pick(config.workers, env, (ENV_WORKERS,), 0)
-    auto_workers = min(MAX_AUTO_WORKERS, max(1, math.floor(share * worker_share))) if share > 1 else 0
-    workers = picked[0] if picked else (auto_workers if worker_share > 0 else 0)
+    worker_cores = max(1, math.floor(share * worker_share)) if share > 1 and worker_share > 0 else 0
+    auto_workers = min(MAX_AUTO_WORKERS, max(2, worker_cores)) if worker_cores else 0
+    workers = picked[0] if picked else auto_workers
     sources["workers"] = picked[1] if picked else "auto"
+    if picked:
+        worker_cores = workers  # workers the user asked for get a core each
 
     picked = _pick(config.torch_threads, env, ENV_TORCH_THREADS, 1)
-    torch_threads = picked[0] if picked else max(1, min(share, idle) - workers)
+    torch_threads = picked[0] if picked else max(1, min(share, idle) - worker_cores)
     sources["torch_threads"] = picked[1] if picked else "auto"
 
     picked = _pick(config.interop_threads, env, (ENV_INTEROP_THREADS,), 1)

@@ -69,16 +69,17 @@ class VideoConfig(ImageConfig):
         None,
         ge=0,
         description=(
-            "decord decoding threads per clip (null: lbind's thread policy, lbcore.threads.decoder_threads(): one "
-            "per DataLoader worker; 0: decord's choice)."
+            "Decoding threads per clip (null: lbind's thread policy, lbcore.threads.decoder_threads(): one "
+            "per DataLoader worker; 0: the decoder's choice)."
         ),
     )
     decode: Literal["exact", "fast"] = Field(
         "exact",
         description=(
-            "'exact': frames decoded at their stored size, then resized in torch: the frames LanguageBind's "
-            "decord + torch pipeline gives, to float round-off (the default, and what converted LanguageBind "
-            "checkpoints were trained on). 'fast': the decoder scales the frames to the short side while "
+            "'exact': the sampled frames decoded at their stored size (skipping the frames no other frame "
+            "needs; decord's frames bit for bit), then resized in torch: the frames LanguageBind's decord + torch "
+            "pipeline gives (the default, and what converted LanguageBind checkpoints were trained on). "
+            "'fast': the decoder also scales the frames to the short side while "
             "converting them to RGB (ffmpeg's scaler), so the large frames of HD clips never reach torch: "
             "several times faster on large clips; pixels differ from 'exact' by a few grey levels on average "
             "(benchmarks/RESULTS.md, preprocessing)."
