@@ -312,7 +312,15 @@ class Trainer:
 
     # -- the loop --------------------------------------------------------------------------------------
     def fit(self) -> Path:
-        """Run the training; return the final checkpoint folder."""
+        """Run the training; return the final checkpoint folder. The calling process's torch thread count is
+        the run's thread policy's while it runs (:mod:`lbcore.threads`) and is given back afterwards."""
+        intra = torch.get_num_threads()
+        try:
+            return self._fit()
+        finally:
+            torch.set_num_threads(intra)
+
+    def _fit(self) -> Path:
         self._prepare()
         acc = self.accelerator
         self.samples_seen = 0

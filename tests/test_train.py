@@ -933,13 +933,13 @@ def test_the_thread_policy_sets_the_loaders_workers_and_the_local_loss_reaches_t
     manifest = fk.write_signals(tmp_path / "data", 16)
     cfg = run_config(anchor_dir, tmp_path / "run", {"sig": manifest}, max_steps=1, local_loss=True)
     del cfg["train"]["num_workers"]  # the threads section decides
-    cfg["threads"] = {"workers": 1, "torch_threads": 1}
     threads = torch.get_num_threads()
-    try:
-        trainer = Trainer(resolve_config(cfg))
-        trainer.fit()
-    finally:
-        torch.set_num_threads(threads)
+    cfg["threads"] = {"workers": 1, "torch_threads": threads + 1}
+    seen: list[int] = []
+    trainer = Trainer(resolve_config(cfg), progress=lambda event: seen.append(torch.get_num_threads()))
+    trainer.fit()
+    assert set(seen) == {threads + 1}  # the run's policy while it runs
+    assert torch.get_num_threads() == threads  # and the caller's setting back afterwards
     assert trainer.threads.workers == 1 and trainer.threads.sources["workers"] == "config"
     assert trainer.loaders["sig"].num_workers == 1 and trainer.loaders["sig"].worker_init_fn is worker_init_fn
     assert trainer.engine.local_loss is True
