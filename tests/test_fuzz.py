@@ -408,3 +408,24 @@ def test_media_file_errors_say_what_is_wrong(builtin: Any, corpus: dict[str, Pat
         assert str(corpus[label]) in str(info.value)
     with pytest.raises(InputError, match=r"broken symbolic link \(points to .*absent\.wav"):
         builtin["audio"].preprocess(corpus["dangling.wav"])
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    hnp.arrays(
+        dtype=st.sampled_from([np.float16, np.float32, np.float64]),
+        shape=hnp.array_shapes(min_dims=1, max_dims=3, max_side=9),
+        elements={"allow_nan": True, "allow_infinity": True},
+    ),
+    st.booleans(),
+)
+def test_check_finite_refuses_exactly_the_arrays_numpy_calls_non_finite(arr: np.ndarray, as_tensor: bool) -> None:
+    from lbcore.errors import check_finite
+
+    values = torch.from_numpy(arr.copy()) if as_tensor else arr
+    if np.isfinite(arr).all():  # including float64 values whose sum overflows: the exact count decides then
+        check_finite(values, "x.bin")
+    else:
+        with pytest.raises(InputError, match=f"{int((~np.isfinite(arr)).sum())} of {arr.size} are NaN or infinite"):
+            check_finite(values, "x.bin")
+    check_finite(np.full(4, np.finfo(np.float64).max), "big.bin")  # finite, though their sum is not

@@ -217,7 +217,9 @@ def _checked(arr: np.ndarray, source: str | None) -> np.ndarray:
             f"waveform of shape {arr.shape} has more channels than samples",
             "[channels, samples]; transpose [samples, channels] arrays such as soundfile.read returns",
         )
-    bad = int(arr.size - np.isfinite(arr).sum())
+    with np.errstate(over="ignore", invalid="ignore"):  # NaN and infinity propagate: one pass, no mask
+        finite = np.isfinite(arr.sum(dtype=np.float64))
+    bad = 0 if finite else int(arr.size - np.isfinite(arr).sum())
     if bad:
         what = "all samples are" if bad == arr.size else f"{bad} of {arr.size} samples are"
         raise InputError(source, f"{what} NaN or infinite", "finite samples")
