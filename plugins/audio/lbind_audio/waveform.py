@@ -218,7 +218,7 @@ def _checked(arr: np.ndarray, source: str | None) -> np.ndarray:
             "[channels, samples]; transpose [samples, channels] arrays such as soundfile.read returns",
         )
     with np.errstate(over="ignore", invalid="ignore"):  # NaN and infinity propagate: one pass, no mask
-        finite = np.isfinite(arr.sum(dtype=np.float64))
+        finite = np.isfinite((arr.T if arr.T.flags.c_contiguous else arr).sum(dtype=np.float64))
     bad = 0 if finite else int(arr.size - np.isfinite(arr).sum())
     if bad:
         what = "all samples are" if bad == arr.size else f"{bad} of {arr.size} samples are"
@@ -227,6 +227,17 @@ def _checked(arr: np.ndarray, source: str | None) -> np.ndarray:
 
 
 def _to_mono(arr: np.ndarray, channels: ChannelMode) -> torch.Tensor:
+    """[samples] or [channels, samples] -> [samples]. A file's array is the transposed view of soundfile's
+    [samples, channels] buffer: reduced in that layout, without a transposing copy."""
+    if arr.ndim == 2 and arr.shape[0] == 1:
+        return torch.from_numpy(np.ascontiguousarray(arr[0]))  # one channel: it is the mix and the first
+    if arr.ndim == 2 and not arr.flags.c_contiguous and arr.T.flags.c_contiguous:
+        interleaved = torch.from_numpy(arr.T)  # [samples, channels], the buffer as decoded
+        if channels == "first":
+            return interleaved[:, 0].contiguous()
+        if channels == "mix":
+            return interleaved.mean(1)
+        raise ValueError(f"channels={channels!r}: expected 'mix' or 'first'")
     wave = torch.from_numpy(np.ascontiguousarray(arr))
     if wave.dim() == 1:
         return wave
