@@ -289,12 +289,9 @@ def main() -> None:
             rows.append(
                 {"modality": modality, "files": len(chosen), "variant": name, "rate": rate, "ratio": rate / ref_rate, "note": note}
             )  # fmt: skip
-    text = render(rows, args, machine)
-    print(text)
-    if args.write:
-        from resultsfile import replace_section
+    from resultsfile import publish  # beside this script
 
-        print(f"wrote {replace_section(HEADING, text)}")
+    publish(HEADING, render(rows, args, machine), args.write)
 
 
 if __name__ == "__main__":

@@ -25,3 +25,10 @@ def replace_section(heading: str, text: str, path: Path = RESULTS) -> Path:
         new = "".join(lines[:start]) + body + ("\n" + rest if rest else "")
     path.write_text(new, encoding="utf-8")
     return path
+
+
+def publish(heading: str, text: str, write: bool, path: Path = RESULTS) -> None:
+    """Print a benchmark's section and, with ``write``, put it in place of its section of ``path``."""
+    print(text)
+    if write:
+        print(f"wrote {replace_section(heading, text, path)}")

@@ -41,6 +41,7 @@ main(sys.argv[1:])
 """
 CORES = str(os.cpu_count() or 1)
 LBIND = "lbind default (its thread policy)"
+HEADING = "## CPU thread policy"
 # name -> (environment, extra `lbind train` arguments, program). lbind applies its thread policy in every run;
 # the variants pin what they vary through the variables and flags that policy obeys (LBIND_NUM_THREADS = cores:
 # torch's own default thread count).
@@ -127,7 +128,7 @@ def render(results: dict[str, dict[str, object]], args: argparse.Namespace, mach
     variants = list(VARIANTS)
     loads = list(results)
     lines = [
-        "## CPU thread policy",
+        HEADING,
         "",
         "Short `lbind train -m audio` runs (demo preset) side by side: steps/s after the first "
         f"{args.skip} steps (start-up excluded) from metrics.jsonl, median of {args.rounds} fresh process(es) per "
@@ -174,13 +175,6 @@ def render(results: dict[str, dict[str, object]], args: argparse.Namespace, mach
     return "\n".join(lines)
 
 
-def write_section(text: str) -> Path:
-    """Replace this benchmark's section of RESULTS.md (or append it), leaving the other sections alone."""
-    from resultsfile import replace_section  # beside this script
-
-    return replace_section("## CPU thread policy", text)
-
-
 def machine_line() -> str:
     import torch
 
@@ -214,10 +208,9 @@ def main() -> None:
         workdir = Path(tmp)
         run_variant(next(iter(VARIANTS)), 2, 0, workdir)  # warm-up: demo data, caption cache, file caches
         results = {load: measure_load(load, list(VARIANTS), args, workdir) for load in args.loads}
-    text = render(results, args, machine)
-    print(text)
-    if args.write:
-        print(f"wrote {write_section(text)}")
+    from resultsfile import publish  # beside this script
+
+    publish(HEADING, render(results, args, machine), args.write)
 
 
 if __name__ == "__main__":
