@@ -35,10 +35,11 @@ import io
 import json
 import logging
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 from lbcore.errors import LbindError
@@ -79,10 +80,10 @@ def _shown(value: Any) -> str:
 
 
 # ------------------------------------------------------------------------------------------------ parsing
-@dataclass
+@dataclass(slots=True)  # one per row while a manifest is read: kept small (slots, pairs, a shared empty map)
 class _Row:
-    paths: dict[str, str]  # column -> path as written
-    invalid: dict[str, str]  # column -> why its value is no path (reported when a consumer asks for that column)
+    paths: tuple[tuple[str, str], ...]  # (column, path as written), in the record's order
+    invalid: Mapping[str, str]  # column -> why its value is no path (reported when a consumer asks for that column)
     captions: tuple[str, ...]
     labels: tuple[str, ...]
     multilabel: bool
@@ -127,18 +128,36 @@ def _parse_record(record: Mapping[str, Any], where: str, line: int) -> _Row:
     paths, invalid = _path_columns(record, where)
     label = record.get("label", record.get("labels"))
     captions = _strings(record.get("captions", record.get("caption")), "captions", where)
-    return _Row(paths, invalid, captions, _strings(label, "label", where), isinstance(label, list), line)
+    labels = _strings(label, "label", where)
+    return _Row(tuple(paths.items()), invalid or _NO_PROBLEMS, captions, labels, isinstance(label, list), line)
+
+
+_NO_PROBLEMS: Mapping[str, str] = MappingProxyType({})
 
 
 def _media_key(row: _Row) -> tuple[tuple[str, str], ...]:
-    return tuple(sorted(row.paths.items()))
+    return row.paths if len(row.paths) < 2 else tuple(sorted(row.paths))
+
+
+def _is_plain(row: _Row) -> bool:
+    return row.paths[0][0] == PATH  # a row with a 'path' has that column only
+
+
+def _lines(data: bytes) -> Iterator[bytes]:
+    """The lines of ``data`` without their newline, one at a time (a list of ten million lines is gigabytes)."""
+    start = 0
+    while start <= len(data):
+        end = data.find(b"\n", start)
+        end = len(data) if end < 0 else end
+        yield data[start:end]
+        start = end + 1
 
 
 def _jsonl_rows(source: Path, data: bytes) -> list[_Row]:
     rows: list[_Row] = []
     first_line: dict[tuple[tuple[str, str], ...], int] = {}
     repeats: list[str] = []
-    for line, raw in enumerate(data.split(b"\n"), 1):
+    for line, raw in enumerate(_lines(data), 1):
         where = f"{source}:{line}"
         try:
             text = raw.decode("utf-8-sig" if line == 1 else "utf-8")
@@ -262,9 +281,9 @@ class Manifest:
         rows = _csv_rows(source, data) if source.suffix.lower() == ".csv" else _jsonl_rows(source, data)
         if not rows:
             raise ManifestError(f"{source}: the manifest lists no media")
-        plain = [PATH in r.paths for r in rows]
+        plain = [_is_plain(r) for r in rows]
         if any(plain) and not all(plain):
-            odd = next(r for r in rows if (PATH in r.paths) != plain[0])
+            odd = next(r for r in rows if _is_plain(r) != plain[0])
             raise ManifestError(
                 f"{source}:{odd.line}: mixes rows with a 'path' and paired rows (one key per modality; line "
                 f"{rows[0].line} is {'plain' if plain[0] else 'paired'}); use one form throughout"
@@ -276,7 +295,7 @@ class Manifest:
         columns: dict[str, list[str | None]] = {}
         invalid: dict[str, dict[int, str]] = {}
         for i, row in enumerate(rows):
-            for key, value in row.paths.items():
+            for key, value in row.paths:
                 if key not in columns:  # not setdefault: its default would build an n-list on every row
                     columns[key] = [None] * len(rows)
                 columns[key][i] = value
