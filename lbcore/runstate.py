@@ -159,8 +159,21 @@ def _unwrap(module: torch.nn.Module) -> torch.nn.Module:
     return inner if isinstance(inner, torch.nn.Module) else module
 
 
-def _check_same_run(latest: Path, model: BindModel, anchor_fingerprint: str) -> None:
+@dataclass(frozen=True)
+class ResumeTarget:
+    """What a resume loads into, and what the checkpoint must agree with (the run being started)."""
+
+    model: BindModel
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    anchor_fingerprint: str
+    steps_per_epoch: int
+    total_steps: int
+
+
+def _check_same_run(latest: Path, target: ResumeTarget) -> None:
     """Refuse to resume a checkpoint trained against another anchor or with other modality configs."""
+    anchor_fingerprint = target.anchor_fingerprint
     meta = read_meta(latest)
     if meta["anchor"].get("fingerprint") != anchor_fingerprint:
         raise ConfigError(
@@ -168,7 +181,7 @@ def _check_same_run(latest: Path, model: BindModel, anchor_fingerprint: str) -> 
             f"anchor is {anchor_fingerprint[:12]}; resume with the same anchor or use a new --output"
         )
     saved = {n: s.get("config") for n, s in meta["modalities"].items()}
-    current = {n: m.config.model_dump(mode="json") for n, m in model.modalities.items()}
+    current = {n: m.config.model_dump(mode="json") for n, m in target.model.modalities.items()}
     if saved != current:
         changed = sorted(n for n in set(saved) | set(current) if saved.get(n) != current.get(n))
         raise ConfigError(
@@ -177,14 +190,9 @@ def _check_same_run(latest: Path, model: BindModel, anchor_fingerprint: str) -> 
         )
 
 
-def _read_state(
-    accelerator: Any,
-    latest: Path,
-    model: BindModel,
-    optimizer: torch.optim.Optimizer,
-    scheduler: torch.optim.lr_scheduler.LRScheduler,
-) -> dict[str, Any]:
+def _read_state(accelerator: Any, latest: Path, target: ResumeTarget) -> dict[str, Any]:
     """Every file of ``latest/train_state`` this process needs, read and checked; nothing is changed yet."""
+    model = target.model
     state_dir = latest / TRAIN_STATE_DIR
     encoders = {name: read_encoder(_unwrap(enc), state_dir, name) for name, enc in model.encoders.items()}
     scales, _ = read_tensors(state_dir / SCALES_FILE)
@@ -199,7 +207,7 @@ def _read_state(
     scaler = getattr(accelerator, "scaler", None)
     return {
         "encoders": encoders,
-        "optimizer": read_optimizer(optimizer, state_dir),
+        "optimizer": read_optimizer(target.optimizer, state_dir),
         "rng": read_rng(state_dir, accelerator.process_index),
         "scaler": read_json(state_dir / SCALER_FILE) if scaler is not None else None,
         "scales": scales,
@@ -208,35 +216,17 @@ def _read_state(
     }
 
 
-def _apply_state(
-    accelerator: Any,
-    state: Mapping[str, Any],
-    model: BindModel,
-    optimizer: torch.optim.Optimizer,
-    scheduler: torch.optim.lr_scheduler.LRScheduler,
-) -> None:
-    for name, encoder in model.encoders.items():
+def _apply_state(accelerator: Any, state: Mapping[str, Any], target: ResumeTarget) -> None:
+    for name, encoder in target.model.encoders.items():
         _unwrap(encoder).load_state_dict(state["encoders"][name], strict=True)
-    optimizer.load_state_dict(state["optimizer"])
+    target.optimizer.load_state_dict(state["optimizer"])
     with torch.no_grad():
-        for name, scale in model.logit_scales.items():
+        for name, scale in target.model.logit_scales.items():
             scale.value.copy_(state["scales"][name].reshape(()).to(scale.value.device))
-    scheduler.load_state_dict(state["scheduler"])
+    target.scheduler.load_state_dict(state["scheduler"])
     if state["scaler"] is not None:
         accelerator.scaler.load_state_dict(state["scaler"])
     apply_rng(state["rng"])
-
-
-@dataclass(frozen=True)
-class ResumeTarget:
-    """What a resume loads into, and what the checkpoint must agree with (the run being started)."""
-
-    model: BindModel
-    optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.LRScheduler
-    anchor_fingerprint: str
-    steps_per_epoch: int
-    total_steps: int
 
 
 def restore_checkpoint(accelerator: Any, latest: Path, target: ResumeTarget) -> dict[str, Any]:
@@ -244,8 +234,8 @@ def restore_checkpoint(accelerator: Any, latest: Path, target: ResumeTarget) -> 
     ``target``; return its progress record. Raises :class:`ConfigError` when it belongs to another run (anchor,
     modality configs, or steps per epoch; a changed total only warns: the schedule follows the new total), and
     :class:`CheckpointError` naming the file when a part of it is missing or corrupt (nothing is changed then)."""
-    _check_same_run(latest, target.model, target.anchor_fingerprint)
-    state = _read_state(accelerator, latest, target.model, target.optimizer, target.scheduler)
+    _check_same_run(latest, target)
+    state = _read_state(accelerator, latest, target)
     return _finish_restore(accelerator, latest, state, target)
 
 
@@ -263,7 +253,7 @@ def _finish_restore(accelerator: Any, latest: Path, state: Mapping[str, Any], ta
             progress.get("total_steps"),
             target.total_steps,
         )
-    _apply_state(accelerator, state, target.model, target.optimizer, target.scheduler)
+    _apply_state(accelerator, state, target)
     return progress
 
 
@@ -283,11 +273,9 @@ def restore_latest(accelerator: Any, output: Path, target: ResumeTarget) -> tupl
     candidates = resumable_checkpoints(output)
     problems = []
     for index, path in enumerate(candidates):
-        _check_same_run(path, target.model, target.anchor_fingerprint)
+        _check_same_run(path, target)
         try:
-            state: dict[str, Any] | None = _read_state(
-                accelerator, path, target.model, target.optimizer, target.scheduler
-            )
+            state: dict[str, Any] | None = _read_state(accelerator, path, target)
             problem = None
         except CheckpointError as err:
             state, problem = None, str(err)
