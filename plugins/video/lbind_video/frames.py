@@ -64,23 +64,24 @@ def read_video_frames(
     path = Path(path)
     check_media_file(path, VIDEO_FILES)
     threads = decoder_threads() if threads is None else threads
-    size: dict[str, int] = {}
-    available = None
+
+    def wanted(n: int) -> list[int]:
+        return frame_indices(n, num_frames)
+
     if short_side is None:  # exact: decord's frame count first, so that the frames are decord's ones
-        reader, available = _open_decord(path, threads, size)
-    frames, (height, width) = read_scaled_frames(
-        path, lambda n: frame_indices(n, num_frames), short_side, threads, VIDEO_FILES, frame_count=available
-    )
+        reader, available = _open_decord(path, threads)
+        frames, _ = read_scaled_frames(path, wanted, None, threads, VIDEO_FILES, frame_count=available)
+        return frames if frames is not None else _decord_frames(reader, available, num_frames, path)
+    frames, (height, width) = read_scaled_frames(path, wanted, short_side, threads, VIDEO_FILES)
     if frames is not None:
         return frames
-    if short_side is not None:
-        size = {"height": height, "width": width}
-        reader, available = _open_decord(path, threads, size)
-    return _decord_frames(reader, available, num_frames, path)  # type: ignore[arg-type]
+    reader, available = _open_decord(path, threads, height=height, width=width)
+    return _decord_frames(reader, available, num_frames, path)
 
 
-def _open_decord(path: Path, threads: int, size: dict[str, int]) -> tuple[Any, int]:
-    """A decord reader of ``path`` (frames scaled to ``size`` when given) and its frame count (at least 1)."""
+def _open_decord(path: Path, threads: int, **size: int) -> tuple[Any, int]:
+    """A decord reader of ``path`` (frames scaled to ``height`` x ``width`` when given) and its frame count
+    (at least 1)."""
     import decord  # imported here: plugin discovery must not load the decoder
 
     try:
