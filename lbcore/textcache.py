@@ -28,7 +28,7 @@ from lbcore.textstore import TextStore, text_keys
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["PrepassReport", "cache_manifest_texts", "caption_owner", "precompute_captions"]
+__all__ = ["PrepassReport", "cache_manifest_texts", "caption_owner", "distinct_captions", "precompute_captions"]
 
 
 @dataclass
@@ -144,9 +144,14 @@ def manifest_captions(manifests: Sequence[str | Path], manifest_cache: str | Pat
     """Every distinct caption of the JSONL/CSV ``manifests`` (plain or paired), first-seen order (media files are
     not checked). Each is read through its memory-mapped index (:func:`lbcore.manifestindex.open_manifest`,
     under ``manifest_cache``), which training then finds built."""
-    tables = [open_manifest(manifest, manifest_cache).caption_index()[0] for manifest in manifests]
+    return distinct_captions([open_manifest(manifest, manifest_cache).caption_index()[0] for manifest in manifests])
+
+
+def distinct_captions(tables: Sequence[Sequence[str]]) -> Sequence[str]:
+    """The captions of several manifests' distinct-caption tables, once each, first-seen. One table is returned
+    as it is: distinct already, and carrying its keys when it comes from a manifest index."""
     if len(tables) == 1:
-        return tables[0]  # already distinct, and carrying its keys
+        return tables[0]
     return list(dict.fromkeys(t for texts in tables for t in texts))
 
 

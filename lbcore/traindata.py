@@ -39,7 +39,7 @@ from lbcore.plugins import default_registry
 from lbcore.runconfig import TrainPlan
 from lbcore.samples import derive_seed
 from lbcore.shards import ShardSet, ShardStream, is_shard_pattern
-from lbcore.textcache import precompute_captions
+from lbcore.textcache import distinct_captions, precompute_captions
 from lbcore.textstore import CaptionTable
 from lbcore.threads import ThreadPolicy, apply, choose_policy, worker_init_fn
 
@@ -159,9 +159,7 @@ def _distinct_texts(datasets: Mapping[str, TrainDataset]) -> Sequence[str]:
     seen: dict[int, Any] = {}
     for ds in datasets.values():
         seen.setdefault(id(ds.captions.texts), ds.captions.texts)
-    if len(seen) == 1:
-        return next(iter(seen.values()))  # one manifest's captions: distinct already (and keyed, when mapped)
-    return list(dict.fromkeys(t for texts in seen.values() for t in texts))
+    return distinct_captions(list(seen.values()))
 
 
 def caption_tables(
