@@ -51,7 +51,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field
 
@@ -75,6 +75,7 @@ __all__ = [
     "cgroup_cpu_limit",
     "choose_policy",
     "decoder_threads",
+    "keep_thread_count",
     "worker_init_fn",
 ]
 
@@ -419,6 +420,20 @@ def apply(policy: ThreadPolicy) -> None:
                 err,
             )
     log.info("threads: %s", policy.describe())
+
+
+def keep_thread_count(policy: ThreadPolicy, recorded: Any) -> None:
+    """On resuming a run, continue with its intra-op thread count ``recorded`` (a positive int, else nothing
+    happens) when ``policy`` chose this process's count automatically: that choice follows the machine's
+    momentary load, and CPU kernels split their sums by thread, so another count would end with other weights
+    than the uninterrupted run's. A count set in config or the environment is kept."""
+    if policy.sources.get("torch_threads") != "auto" or not isinstance(recorded, int) or recorded < 1:
+        return
+    import torch  # here, not at the top: this module decides thread settings before torch loads
+
+    if recorded != torch.get_num_threads():
+        log.info("resume: %d torch thread(s), as the run being resumed had (threads.torch_threads sets it)", recorded)
+        torch.set_num_threads(recorded)
 
 
 def worker_init_fn(worker_id: int) -> None:

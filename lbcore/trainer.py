@@ -45,6 +45,7 @@ from lbcore.pairdata import draw_micro
 from lbcore.runconfig import TrainPlan, resolve_config
 from lbcore.runstate import ResumeTarget, adapter_modalities, open_metrics, restore_latest, save_checkpoint
 from lbcore.samples import derive_seed
+from lbcore.threads import keep_thread_count
 from lbcore.traindata import build_loaders, caption_tables, open_datasets, steps_per_epoch
 
 log = logging.getLogger(__name__)
@@ -250,6 +251,7 @@ class Trainer:
             "total_steps": self.total_steps,
             "steps_per_epoch": self.steps_per_epoch,
             "samples_seen": self.samples_seen,
+            "torch_threads": torch.get_num_threads(),  # a resume keeps it: results depend on it, bit for bit
             "elapsed_s": self.elapsed_before + (time.perf_counter() - self.started),
             "failures": {n: b.failures for n, b in self.budgets.items()},
         }
@@ -306,6 +308,7 @@ class Trainer:
                 self.budgets[name].failures.update(failures)
         self.samples_seen = int(progress.get("samples_seen", 0))
         self.elapsed_before = float(progress.get("elapsed_s", 0.0))
+        keep_thread_count(self.threads, progress.get("torch_threads"))  # bitwise: the resumed run's count
         step = int(progress["step"])
         log.info("resumed from %s at step %d", latest, step)
         return step

@@ -972,3 +972,43 @@ def test_training_streams_webdataset_shards_and_resumes_them_exactly(fk: Any, an
     resumed = lbcore.train(run_config(anchor_dir, cut, {"sig": pattern}, epochs=2, save_every=3, resume=True))
     a, b = weights(resumed / "sig.safetensors"), weights(whole / "sig.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in b)
+
+
+def test_a_resumed_run_keeps_the_thread_count_its_run_was_given(
+    fk: Any, anchor_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The automatic thread count follows the load of the moment; a resume under another load must still end
+    with the uninterrupted run's weights, bit for bit (CPU kernels split their sums by thread)."""
+    import shutil
+
+    from lbcore import threads
+
+    manifest = fk.write_signals(tmp_path / "data", 40)
+    monkeypatch.setattr(threads, "available_cores", lambda: 2)
+    monkeypatch.setattr(threads, "busy_cores", lambda *args, **kwargs: 0.0)  # idle: 2 torch threads (no workers)
+    before = torch.get_num_threads()
+    whole = lbcore.train(run_config(anchor_dir, tmp_path / "whole", {"sig": manifest}, epochs=2, save_every=3))
+    progress = json.loads((tmp_path / "whole" / "step-00000006" / "train_state" / "progress.json").read_text())
+    assert progress["torch_threads"] == 2
+    cut = tmp_path / "cut"
+    shutil.copytree(tmp_path / "whole", cut)
+    shutil.rmtree(cut / "final")
+    shutil.rmtree(cut / "step-00000009")
+    monkeypatch.setattr(threads, "busy_cores", lambda *args, **kwargs: 1.0)  # now busy: the policy would pick 1
+    seen: list[int] = []
+    config = run_config(anchor_dir, cut, {"sig": manifest}, epochs=2, save_every=3, resume=True)
+    resumed = lbcore.train(config, progress=lambda event: seen.append(torch.get_num_threads()))
+    assert set(seen) == {2}
+    a, b = weights(resumed / "sig.safetensors"), weights(whole / "sig.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in b)
+    assert torch.get_num_threads() == before
+    # A count the user sets is theirs: the resume does not override it.
+    shutil.rmtree(cut)
+    shutil.copytree(tmp_path / "whole", cut)
+    shutil.rmtree(cut / "final")
+    shutil.rmtree(cut / "step-00000009")
+    seen.clear()
+    lbcore.train(
+        {**config, "threads": {"torch_threads": 1}}, progress=lambda event: seen.append(torch.get_num_threads())
+    )
+    assert set(seen) == {1}
