@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import sys
 import textwrap
 from importlib.metadata import entry_points
@@ -10,7 +11,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from lbcore.plugins import reset_default_registry
+from lbcore.plugins import default_registry, reset_default_registry
 
 
 @pytest.fixture(scope="session")
@@ -107,6 +108,36 @@ def plugin_dist():
     """``plugin_dist(root, dist, module, source)`` writes a fake installed plugin distribution into ``root``
     (put ``root`` on sys.path, or PYTHONPATH for subprocesses, to install it)."""
     return write_dist
+
+
+@pytest.fixture(scope="session")
+def plugin_site(tmp_path_factory: pytest.TempPathFactory):
+    """``plugin_site(module, source)``: a folder holding the fake plugin distribution of ``module`` (the
+    distribution named like it, with dashes), written once a session; put it on sys.path or PYTHONPATH."""
+    sites: dict[str, Path] = {}
+
+    def site(module: str, source: str) -> Path:
+        if module not in sites:
+            sites[module] = tmp_path_factory.mktemp(module)
+            write_dist(sites[module], module.replace("_", "-"), module, source)
+        return sites[module]
+
+    return site
+
+
+@pytest.fixture
+def load_plugin(plugin_site, monkeypatch: pytest.MonkeyPatch):
+    """``load_plugin(module, source)``: the fake plugin installed (on sys.path for this test), imported and added
+    to the default registry; returns its module."""
+
+    def load(module: str, source: str):
+        monkeypatch.syspath_prepend(str(plugin_site(module, source)))
+        importlib.invalidate_caches()
+        loaded = importlib.import_module(module)
+        default_registry().add_plugin(loaded, module)
+        return loaded
+
+    return load
 
 
 @pytest.fixture(scope="session")

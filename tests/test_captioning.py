@@ -7,7 +7,6 @@ embedding is the decoder's one conditioning token.
 
 from __future__ import annotations
 
-import importlib
 import json
 from pathlib import Path
 from typing import Any
@@ -77,20 +76,9 @@ def register_modalities(register):
 """
 
 
-@pytest.fixture(scope="session")
-def site(tmp_path_factory: pytest.TempPathFactory, plugin_dist: Any) -> Path:
-    root = tmp_path_factory.mktemp("capsite")
-    plugin_dist(root, PLUGIN.replace("_", "-"), PLUGIN, PLUGIN_SOURCE)
-    return root
-
-
 @pytest.fixture
-def capv(site: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
-    monkeypatch.syspath_prepend(str(site))
-    importlib.invalidate_caches()
-    module = importlib.import_module(PLUGIN)
-    default_registry().add_plugin(module, PLUGIN)
-    return module
+def capv(load_plugin: Any) -> Any:
+    return load_plugin(PLUGIN, PLUGIN_SOURCE)
 
 
 def checkpoint(path: Path) -> Path:

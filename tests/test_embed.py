@@ -4,7 +4,6 @@ encoder is the identity: the expected embedding of a file is the vector stored i
 from __future__ import annotations
 
 import hashlib
-import importlib
 import json
 from pathlib import Path
 from typing import Any
@@ -82,23 +81,14 @@ def register_modalities(register):
 """
 
 
-@pytest.fixture(scope="session")
-def vec_site(tmp_path_factory: pytest.TempPathFactory, plugin_dist: Any) -> Path:
-    root = tmp_path_factory.mktemp("embedsite")
-    plugin_dist(root, PLUGIN.replace("_", "-"), PLUGIN, PLUGIN_SOURCE)
-    return root
-
-
 @pytest.fixture
-def ckpt(vec_site: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+def ckpt(load_plugin: Any, tmp_path: Path) -> Path:
     """A checkpoint of the identity encoder, its anchor fingerprint unique to the test."""
     from lbcore.config import AnchorConfig
     from lbcore.model import BindModel
     from lbcore.plugins import default_registry
 
-    monkeypatch.syspath_prepend(str(vec_site))
-    importlib.invalidate_caches()
-    default_registry().add_plugin(importlib.import_module(PLUGIN), PLUGIN)
+    load_plugin(PLUGIN, PLUGIN_SOURCE)
     mod = default_registry().registered("vec").cls()
     fp = hashlib.sha256(str(tmp_path).encode()).hexdigest()
     model = BindModel(

@@ -10,7 +10,6 @@ tilted towards e3 (owl most), but the ensemble (mean of the two normalised promp
 from __future__ import annotations
 
 import hashlib
-import importlib
 import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -126,24 +125,10 @@ def register_modalities(register):
 '''
 
 
-@pytest.fixture(scope="session")
-def vec_site(tmp_path_factory: pytest.TempPathFactory, plugin_dist: Any) -> Path:
-    """The fake plugin module and a dist-info declaring its ``lbind`` entry point."""
-    root = tmp_path_factory.mktemp("vecsite")
-    plugin_dist(root, PLUGIN.replace("_", "-"), PLUGIN, PLUGIN_SOURCE)
-    return root
-
-
 @pytest.fixture
-def vec(vec_site: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
+def vec(load_plugin: Any) -> Any:
     """The fake plugin, registered in the default registry."""
-    from lbcore.plugins import default_registry
-
-    monkeypatch.syspath_prepend(str(vec_site))
-    importlib.invalidate_caches()
-    module = importlib.import_module(PLUGIN)
-    default_registry().add_plugin(module, PLUGIN)
-    return module
+    return load_plugin(PLUGIN, PLUGIN_SOURCE)
 
 
 def fingerprint(tag: Any) -> str:

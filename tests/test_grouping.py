@@ -6,7 +6,6 @@ Two fake 1-D signal modalities (``gva``, ``gvb``) read ``.npy`` files; a paired 
 
 from __future__ import annotations
 
-import importlib
 import json
 import math
 from pathlib import Path
@@ -75,20 +74,9 @@ def register_modalities(register):
 """
 
 
-@pytest.fixture(scope="session")
-def site(tmp_path_factory: pytest.TempPathFactory, plugin_dist: Any) -> Path:
-    root = tmp_path_factory.mktemp("groupsite")
-    plugin_dist(root, PLUGIN.replace("_", "-"), PLUGIN, PLUGIN_SOURCE)
-    return root
-
-
 @pytest.fixture
-def fk(site: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
-    monkeypatch.syspath_prepend(str(site))
-    importlib.invalidate_caches()
-    module = importlib.import_module(PLUGIN)
-    default_registry().add_plugin(module, PLUGIN)
-    return module
+def fk(load_plugin: Any) -> Any:
+    return load_plugin(PLUGIN, PLUGIN_SOURCE)
 
 
 def tiny_model(groups: list[list[str]] | None = None, fusion: str = "learned") -> BindModel:

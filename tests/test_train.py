@@ -161,21 +161,15 @@ def register_modalities(register):
 
 # ------------------------------------------------------------------------------------------------- fixtures
 @pytest.fixture(scope="session")
-def site(tmp_path_factory: pytest.TempPathFactory, plugin_dist: Any) -> Path:
+def site(plugin_site: Any) -> Path:
     """A folder with the fake plugin module and a dist-info that declares its ``lbind`` entry point."""
-    root = tmp_path_factory.mktemp("trainsite")
-    plugin_dist(root, PLUGIN.replace("_", "-"), PLUGIN, PLUGIN_SOURCE)
-    return root
+    return plugin_site(PLUGIN, PLUGIN_SOURCE)
 
 
 @pytest.fixture
-def fk(site: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
+def fk(load_plugin: Any) -> Any:
     """The fake plugin module, registered in the default registry."""
-    monkeypatch.syspath_prepend(str(site))
-    importlib.invalidate_caches()
-    module = importlib.import_module(PLUGIN)
-    default_registry().add_plugin(module, PLUGIN)
-    return module
+    return load_plugin(PLUGIN, PLUGIN_SOURCE)
 
 
 def run_config(anchor_dir: Path, output: Path, data: dict[str, Path] | None = None, **train: Any) -> dict[str, Any]:
